@@ -112,7 +112,9 @@ def full_hook_name(key: str | tuple) -> str:
                 raise KeyError(f"{short!r} needs a layer index, e.g. cache[{short!r}, 0]")
             return template.format(l=int(rest[0]))
         return template
-    if key in _SHORT and "{l}" not in _SHORT[key]:
+    if key in _SHORT:
+        if "{l}" in _SHORT[key]:
+            raise KeyError(f"{key!r} needs a layer index, e.g. cache[{key!r}, 0]")
         return _SHORT[key]
     return key
 
