@@ -55,13 +55,14 @@ _VISIBLE_TABLE = str.maketrans(_VISIBLE_MARKS)
 def visible(text: str) -> str:
     """Return ``text`` with space, newline, tab and carriage return replaced by visible marks.
 
-    ``" "`` → ``"␣"`` (U+2423), ``"\\n"`` → ``"↵"`` (U+21B5), ``"\\t"`` → ``"⇥"``, ``"\\r"`` → ``"␍"``.
+    ``" "`` → ``"␣"`` (U+2423), ``"\\n"`` → ``"↵"`` (U+21B5), ``"\\t"`` → ``"⇥"``,
+    ``"\\r"`` → ``"␍"``.
     """
     return text.translate(_VISIBLE_TABLE)
 
 
 def _check_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
-    """Turn ``ids`` (ints, numpy or torch scalars) into a list of ints, all in ``[0, vocab_size)``."""
+    """``ids`` (ints, numpy or torch scalars) as a list of ints, each in ``[0, vocab_size)``."""
     out = [int(i) for i in ids]
     for i in out:
         if not 0 <= i < vocab_size:
@@ -196,13 +197,15 @@ class CharTokenizer(Tokenizer):
     def from_dict(cls, data: dict[str, Any]) -> CharTokenizer:
         """Inverse of :meth:`to_dict`."""
         if data.get("kind") != cls.kind or not isinstance(data.get("chars"), str):
-            raise ValueError("Not a char tokenizer description: expected kind 'char' and a 'chars' string.")
+            raise ValueError(
+                "Not a char tokenizer description: expected kind 'char' and a 'chars' string."
+            )
         return cls(list(data["chars"]))
 
     @classmethod
     def from_json(cls, text: str) -> CharTokenizer:
         """Inverse of :meth:`to_json`."""
-        return cls.from_dict(_parse_json(text, "the given JSON text"))
+        return cls.from_dict(_parse_json(text, "The given JSON text"))
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
@@ -257,11 +260,9 @@ class BPETokenizer(Tokenizer):
                 f"BPETokenizer wraps a tokenizers.Tokenizer, got {type(hf_tokenizer).__name__}."
             )
         self.hf = hf_tokenizer
-        spec = json.loads(hf_tokenizer.to_str())
-        decoder = spec.get("decoder") or {}
         # GPT-2 style tokenizers keep bytes as printable characters; others (e.g. SentencePiece
         # style) store text directly, and pieces() shows those tokens as they are.
-        self._byte_level = decoder.get("type") == "ByteLevel"
+        self._byte_level = isinstance(hf_tokenizer.decoder, decoders.ByteLevel)
         self._added = {i: t.content for i, t in hf_tokenizer.get_added_tokens_decoder().items()}
         self._piece_cache: dict[int, str] = {}
 
@@ -300,7 +301,9 @@ class BPETokenizer(Tokenizer):
             try:
                 return cls(HFTokenizer.from_str(source))
             except Exception as e:  # the Rust side raises a bare Exception
-                raise ValueError(f"The given text is not a Hugging Face tokenizer JSON: {e}.") from e
+                raise ValueError(
+                    f"The given text is not a Hugging Face tokenizer JSON: {e}."
+                ) from e
         path = Path(source)
         if not path.is_file():
             raise ValueError(f"Tokenizer file {str(path)!r} does not exist; check the path.")
@@ -368,7 +371,9 @@ class BPETokenizer(Tokenizer):
     def from_dict(cls, data: dict[str, Any]) -> BPETokenizer:
         """Inverse of :meth:`to_dict`."""
         if data.get("kind") != cls.kind or not isinstance(data.get("hf"), dict):
-            raise ValueError("Not a BPE tokenizer description: expected kind 'bpe' and an 'hf' object.")
+            raise ValueError(
+                "Not a BPE tokenizer description: expected kind 'bpe' and an 'hf' object."
+            )
         try:
             return cls(HFTokenizer.from_str(json.dumps(data["hf"])))
         except Exception as e:
@@ -377,7 +382,7 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def from_json(cls, text: str) -> BPETokenizer:
         """Inverse of :meth:`to_json`."""
-        return cls.from_dict(_parse_json(text, "the given JSON text"))
+        return cls.from_dict(_parse_json(text, "The given JSON text"))
 
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self.vocab_size})"
@@ -404,7 +409,10 @@ def _from_data(data: dict[str, Any], where: str) -> Tokenizer:
     if kind not in _KINDS:
         hint = ""
         if "model" in data and "pre_tokenizer" in data:
-            hint = " It looks like a Hugging Face tokenizer.json: load it with BPETokenizer.from_hf_json."
+            hint = (
+                " It looks like a Hugging Face tokenizer.json: load it with"
+                " BPETokenizer.from_hf_json."
+            )
         raise ValueError(
             f"{where} is not an LM Lens tokenizer: its 'kind' is {kind!r}, expected one of "
             f"{sorted(_KINDS)}.{hint}"
@@ -433,9 +441,13 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ValueError(f"{where} does not exist; check the path or train a tokenizer first.") from None
+        raise ValueError(
+            f"{where} does not exist; check the path or train a tokenizer first."
+        ) from None
     except IsADirectoryError:
-        raise ValueError(f"{where} is a folder, not a file; point at the tokenizer.json inside.") from None
+        raise ValueError(
+            f"{where} is a folder, not a file; point at the tokenizer.json inside."
+        ) from None
     except UnicodeDecodeError:
         raise ValueError(f"{where} is not UTF-8 JSON; it is not an LM Lens tokenizer.") from None
     except OSError as e:
