@@ -5,11 +5,14 @@ from .hooks import ActivationCache, HookPoint
 from .model import GPT, KVCache
 from .tokenizers import BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer
 from .corpora import corpus_from_bytes, corpus_from_text, corpus_stats, list_synthetic_tasks, load_corpus, SYNTHETIC_TASKS
+from . import analysis
+from .analysis import LogitLens
+from .pretrained import load_pretrained
 from .generate import GenerationStep, generate, generate_text, sampling_distribution
 
 __all__ = ["ModelConfig", "TrainConfig", "ActivationCache", "HookPoint", "GPT", "KVCache",
            "GenerationStep", "generate", "generate_text", "sampling_distribution",
            "BPETokenizer", "CharTokenizer", "Tokenizer", "load_tokenizer",
            "corpus_from_bytes", "corpus_from_text", "corpus_stats", "list_synthetic_tasks", "load_corpus",
-           "SYNTHETIC_TASKS"]
+           "SYNTHETIC_TASKS", "analysis", "LogitLens", "load_pretrained"]
 __version__ = "0.1.0"

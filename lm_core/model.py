@@ -103,10 +103,14 @@ class CausalSelfAttention(nn.Module):
 
         if self.hook_pattern.active or self.hook_attn_scores.active:
             # Someone is watching: compute the pattern explicitly so it can be seen and edited.
-            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(Dh))  # (B, H, T, Tk)
-            # query i sits at absolute position past + i and may see keys 0 .. past + i
-            mask = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            scores = self.hook_attn_scores(scores.masked_fill(~mask, float("-inf")))
+            # query i sits at absolute position past + i and may see keys 0 .. past + i;
+            # the mask is added inside the matmul (baddbmm) rather than in a second pass
+            mask = torch.full((T, Tk), float("-inf"), device=x.device, dtype=q.dtype).triu_(past + 1)
+            scores = torch.baddbmm(
+                mask.expand(B * H, T, Tk), q.reshape(B * H, T, Dh), k.reshape(B * H, Tk, Dh).transpose(1, 2),
+                alpha=1.0 / math.sqrt(Dh),
+            ).view(B, H, T, Tk)  # (B, H, T, Tk)
+            scores = self.hook_attn_scores(scores)
             pattern = self.hook_pattern(F.softmax(scores, dim=-1))
             z = self.attn_dropout(pattern) @ v  # (B, H, T, Dh)
         elif past == 0:

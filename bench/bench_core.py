@@ -1,0 +1,207 @@
+"""Benchmarks for lm_core's inspection and generation targets (DESIGN §5). Prints JSON lines.
+
+    .venv/bin/python bench/bench_core.py [--quick]
+
+One ``json.dumps`` per line, each with a ``"metric"`` key:
+
+* ``capture_overhead``: ``model.run_with_cache(idx)`` (every hook) ÷ ``model(idx)`` under
+  ``torch.no_grad`` in eval mode at T = block_size. Target ≤ 1.5. Rows with ``capture`` =
+  ``"patterns"`` / ``"noop_hooks"`` split the cost (explicit attention path vs hook calls).
+* ``transformer_lens_capture``: the same against TransformerLens, or why it was skipped.
+* ``kv_cache_speedup``: ``lm_core.generate`` ms/token with the KV cache vs recomputing, at a
+  256-token context. Target ≥ 3.
+* ``capture_step``: one generation step with ``capture=True`` on the default-size model.
+
+Timings are medians over interleaved repeats after a warmup, so drifting machine load hits
+both sides of a ratio alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+import lm_core  # noqa: E402
+from lm_core.runtime import tune_allocator  # noqa: E402
+
+
+ALLOCATOR = "default"
+
+
+def emit(metric: str, **fields) -> None:
+    print(json.dumps({"metric": metric, **fields}), flush=True)
+
+
+def _model(vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int) -> lm_core.GPT:
+    torch.manual_seed(0)
+    cfg = lm_core.ModelConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer,
+                              n_head=n_head, n_embd=n_embd, dropout=0.0)
+    return lm_core.GPT(cfg).eval()
+
+
+def _time_ms(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _interleaved(fns: dict, repeats: int, warmup: int) -> dict[str, float]:
+    """Median ms of each function, run round-robin ``repeats`` times after ``warmup`` rounds."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(warmup + repeats):
+        for k, fn in fns.items():
+            t = _time_ms(fn)
+            if i >= warmup:
+                times[k].append(t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_capture(name: str, dims: dict, batch: int, repeats: int) -> None:
+    model = _model(**dims)
+    T = dims["block_size"]
+    idx = torch.randint(0, dims["vocab_size"], (batch, T), generator=torch.Generator().manual_seed(1))
+
+    def noop(t, n):
+        return None
+
+    def plain():
+        model(idx)
+
+    def full():
+        model.run_with_cache(idx)
+
+    def patterns():  # forces the explicit attention path, stores little
+        model.run_with_cache(idx, names=lambda n: n.endswith("hook_pattern"))
+
+    def noop_hooks():  # a hook on every point except the attention ones: pure call overhead, fused path
+        with model.hooks([(lambda n: not n.endswith(("hook_pattern", "hook_attn_scores")), noop)]):
+            model(idx)
+
+    with torch.no_grad():
+        med = _interleaved({"plain": plain, "full": full, "patterns": patterns, "noop_hooks": noop_hooks},
+                           repeats=repeats, warmup=3)
+    base = med["plain"]
+    emit("capture_overhead", model=name, batch=batch, T=T, allocator=ALLOCATOR, capture="all", plain_ms=round(base, 3),
+         capture_ms=round(med["full"], 3), ratio=round(med["full"] / base, 3), target_max=1.5,
+         ok=med["full"] / base <= 1.5, repeats=repeats)
+    for part in ("patterns", "noop_hooks"):
+        emit("capture_overhead", model=name, batch=batch, T=T, allocator=ALLOCATOR, capture=part, plain_ms=round(base, 3),
+             capture_ms=round(med[part], 3), ratio=round(med[part] / base, 3), repeats=repeats)
+
+
+def bench_transformer_lens() -> None:
+    try:
+        import transformer_lens  # noqa: F401
+    except ImportError as e:
+        emit("transformer_lens_capture", skipped=True,
+             reason=f"transformer_lens is not importable ({e}); it is not a dependency of LM Lens "
+                    f"and is deliberately not installed into .venv")
+        return
+    emit("transformer_lens_capture", skipped=True,
+         reason="transformer_lens is importable but a like-for-like comparison is not implemented yet")
+
+
+def _generate_step_ms(model, prompt: list[int], new: int, use_kv_cache: bool) -> list[float]:
+    """Wall time (ms) of each generated token; step 0 includes the prompt's prefill."""
+    out = []
+    t0 = time.perf_counter()
+    for _ in lm_core.generate(model, prompt, max_new_tokens=new, temperature=1.0, seed=0,
+                              capture=False, use_kv_cache=use_kv_cache):
+        t1 = time.perf_counter()
+        out.append((t1 - t0) * 1e3)
+        t0 = t1
+    return out
+
+
+def bench_kv_cache(repeats: int) -> None:
+    dims = dict(vocab_size=65, block_size=512, n_layer=4, n_head=4, n_embd=128)
+    model = _model(**dims)
+    prompt = torch.randint(0, 65, (256,), generator=torch.Generator().manual_seed(2)).tolist()
+    new = 32
+    _generate_step_ms(model, prompt, 4, True)  # warmup
+    _generate_step_ms(model, prompt, 4, False)
+    per_token = {True: [], False: []}
+    steady = {True: [], False: []}
+    for _ in range(repeats):  # interleaved
+        for kv in (True, False):
+            steps = _generate_step_ms(model, prompt, new, kv)
+            per_token[kv].append(sum(steps) / len(steps))
+            steady[kv].extend(steps[1:])
+    kv, re = statistics.median(per_token[True]), statistics.median(per_token[False])
+    kv_s, re_s = statistics.median(steady[True]), statistics.median(steady[False])
+    emit("kv_cache_speedup", model="4x4x128", block_size=512, prompt_tokens=len(prompt), new_tokens=new,
+         kv_ms_per_token=round(kv, 3), recompute_ms_per_token=round(re, 3), speedup=round(re / kv, 2),
+         kv_step_ms_after_prefill=round(kv_s, 3), recompute_step_ms_after_prefill=round(re_s, 3),
+         speedup_after_prefill=round(re_s / kv_s, 2), target_min=3.0, ok=re / kv >= 3.0, repeats=repeats,
+         note="ms_per_token: all 32 tokens, the first step's 256-token prefill amortised; "
+              "after_prefill: median of steps 2..32")
+
+
+def bench_capture_step(repeats: int) -> None:
+    dims = dict(vocab_size=65, block_size=128, n_layer=4, n_head=4, n_embd=128)
+    model = _model(**dims)
+    prompt = torch.randint(0, 65, (64,), generator=torch.Generator().manual_seed(3)).tolist()
+    first, later = [], []
+    for r in range(repeats + 1):
+        steps = lm_core.generate(model, prompt, max_new_tokens=5, seed=0, capture=True, use_kv_cache=True)
+        t0 = time.perf_counter()
+        times = []
+        for _ in steps:
+            t1 = time.perf_counter()
+            times.append((t1 - t0) * 1e3)
+            t0 = t1
+        if r:  # the first round is warmup
+            first.append(times[0])
+            later.extend(times[1:])
+    emit("capture_step", model="4x4x128", block_size=128, prompt_tokens=len(prompt),
+         first_step_ms=round(statistics.median(first), 3), next_step_ms=round(statistics.median(later), 3),
+         note="first step: prefill of the 64-token prompt with every activation captured; "
+              "next steps: one new position through the KV cache, captured", repeats=repeats)
+
+
+def main() -> None:
+    global ALLOCATOR
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats (noisier)")
+    ap.add_argument("--tuned-malloc", action="store_true", help="apply lm_core.runtime.tune_allocator() first")
+    ap.add_argument("--capture-only", action="store_true", help="only the capture_overhead rows")
+    ap.add_argument("--no-tuned-rerun", action="store_true",
+                    help="do not rerun the capture rows in a subprocess with the tuned allocator")
+    args = ap.parse_args()
+    if args.tuned_malloc:
+        ALLOCATOR = tune_allocator()
+    rep = 15 if args.quick else 60
+    if not args.capture_only:
+        emit("environment", torch=torch.__version__, python=platform.python_version(),
+             threads=torch.get_num_threads(), machine=platform.machine(), allocator=ALLOCATOR)
+    shapes = {
+        "4x4x128 (nanoGPT CPU)": dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128),
+        "6x6x192": dict(vocab_size=65, block_size=128, n_layer=6, n_head=6, n_embd=192),
+    }
+    for name, dims in shapes.items():
+        for batch in (1, 8):
+            bench_capture(name, dims, batch, rep if batch == 1 else max(5, rep // 3))
+    if args.capture_only:
+        return
+    bench_transformer_lens()
+    bench_kv_cache(repeats=2 if args.quick else 5)
+    bench_capture_step(repeats=3 if args.quick else 10)
+    if not args.tuned_malloc and not args.no_tuned_rerun:
+        # mallopt cannot be undone cleanly in-process: measure the tuned allocator in a child
+        cmd = [sys.executable, __file__, "--capture-only", "--tuned-malloc"] + (["--quick"] if args.quick else [])
+        subprocess.run(cmd, check=True, env=os.environ.copy())
+
+
+if __name__ == "__main__":
+    main()
