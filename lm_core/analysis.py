@@ -324,6 +324,35 @@ def induction_score(
     return torch.stack(scores).mean(dim=0)  # (L, H)
 
 
+def probe_head_scores(model: GPT, seq_len: int | None = None, seed: int = 0, batch: int = 4) -> dict[str, torch.Tensor]:
+    """Head scores on a fixed probe, for watching circuits form during training: ``{kind: [L, H]}``.
+
+    The probe is :func:`repeated_random_tokens` (``batch`` sequences, each a random run of
+    ``seq_len`` tokens repeated once; ``seq_len`` defaults to ``min(50, block_size // 2)``),
+    the same for every call with the same ``seed``, so scores at different training steps are
+    comparable. ``previous_token`` is scored over every query row; ``duplicate_token`` and
+    ``induction`` over the rows of the repeated copy only (so a perfect head scores 1.0, as in
+    :func:`induction_score`); ``entropy`` is :func:`attention_entropy` in nats. Averaged over the batch.
+    """
+    cfg = model.config
+    if seq_len is None:
+        seq_len = min(50, cfg.block_size // 2)
+    if seq_len < 2 or 2 * seq_len > cfg.block_size:
+        raise ValueError(f"seq_len must be in 2 .. {cfg.block_size // 2} for block_size={cfg.block_size}, got {seq_len}")
+    tokens = repeated_random_tokens(cfg.vocab_size, seq_len, 2, seed=seed, batch=batch)  # (batch, 2*seq_len)
+    with _inference(model):
+        _, cache = model.run_with_cache(tokens.to(model.device), names=_is_pattern_name)
+    p = torch.stack([cache["pattern", l] for l in range(cfg.n_layer)])  # (L, B, H, T, T)
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("previous_token", "duplicate_token", "induction", "entropy")}
+    for b in range(batch):
+        pb = p[:, b]  # (L, H, T, T)
+        out["previous_token"].append(head_scores(pb, tokens[b], "previous_token"))
+        out["duplicate_token"].append(head_scores(pb, tokens[b], "duplicate_token", query_start=seq_len))
+        out["induction"].append(head_scores(pb, tokens[b], "induction", query_start=seq_len))
+        out["entropy"].append(attention_entropy(pb))
+    return {k: torch.stack(v).mean(dim=0) for k, v in out.items()}
+
+
 # -- logit lens ---------------------------------------------------------------------------
 
 

@@ -408,3 +408,39 @@ def test_walkthrough_rejects_missing_head_and_restores_mode(ids):
         A.logit_lens(m, torch.zeros(1, 25, dtype=torch.long))
     with pytest.raises(ValueError, match=r"token id\(s\) \[23\]"):
         A.logit_lens(m, [1, 23])
+
+
+def test_probe_head_scores_fixed_probe_and_perfect_heads():
+    import lm_core
+    from lm_core.analysis import probe_head_scores
+
+    cfg = lm_core.ModelConfig(vocab_size=50, block_size=24, n_layer=1, n_head=2, n_embd=16)
+    model = lm_core.GPT(cfg).eval()
+    a = probe_head_scores(model, seed=3)
+    b = probe_head_scores(model, seed=3)
+    assert set(a) == {"previous_token", "duplicate_token", "induction", "entropy"}
+    for k in a:
+        assert a[k].shape == (1, 2)
+        torch.testing.assert_close(a[k], b[k])
+    # head 0 a perfect previous-token head, head 1 a perfect induction head
+    seq_len = 12
+    T = 2 * seq_len
+    prev = torch.zeros(T, T)
+    prev[0, 0] = 1
+    prev[torch.arange(1, T), torch.arange(0, T - 1)] = 1
+    ind = torch.zeros(T, T)
+    ind[:seq_len] = prev[:seq_len]
+    ind[torch.arange(seq_len, T), torch.arange(seq_len, T) - seq_len + 1] = 1
+
+    def force(pattern, name):
+        out = pattern.clone()
+        out[:, 0] = prev
+        out[:, 1] = ind
+        return out
+
+    with model.hooks([("blocks.0.attn.hook_pattern", force)]):
+        s = probe_head_scores(model, seed=0)
+    assert s["previous_token"][0, 0] > 0.95
+    assert s["induction"][0, 1] > 0.99
+    assert s["induction"][0, 0] < 0.2
+    assert s["entropy"][0, 0] < 1e-4
