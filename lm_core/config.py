@@ -107,7 +107,14 @@ class ModelConfig(_Config):
 
 @dataclass(frozen=True)
 class TrainConfig(_Config):
-    """Optimisation settings (AdamW, linear warmup then cosine decay to ``min_lr``)."""
+    """Optimisation settings (AdamW, linear warmup then cosine decay to ``min_lr``).
+
+    Steps count optimizer updates. ``log_interval``: a history row every N steps;
+    ``eval_interval``: a validation loss (and a generated sample) every N steps;
+    ``checkpoint_interval``: resumable state written every N steps (and at the end).
+    ``schedule="time"`` makes the cosine follow the wall-clock budget ``max_seconds`` (the
+    decay ends when time runs out; such runs are not bit-for-bit reproducible).
+    """
 
     batch_size: int = 12
     learning_rate: float = 1e-3
@@ -128,6 +135,10 @@ class TrainConfig(_Config):
     sample_tokens: int = 200        # length of the sample generated at each evaluation (0 = none)
     device: str = "auto"            # auto | cpu | cuda | mps
     num_threads: int | None = None  # CPU threads for training; None = chosen by the trainer
+    schedule: str = "steps"         # steps | time: what the cosine decay follows
+    snapshots: int = 20             # weight snapshots kept for time travel (log-spaced; 0 = none)
+    save_best: bool = True          # keep best.safetensors, the weights at the best val loss
+    keep_resume_state: bool = True  # False: delete resume.safetensors once the run finishes
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_steps", "eval_interval", "eval_iters", "log_interval",
@@ -136,6 +147,10 @@ class TrainConfig(_Config):
         _require_int("warmup_steps", self.warmup_steps, 0)
         _require_int("seed", self.seed, 0)
         _require_int("sample_tokens", self.sample_tokens, 0)
+        _require_int("snapshots", self.snapshots, 0)
+        for name in ("save_best", "keep_resume_state"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         _require_float("learning_rate", self.learning_rate, 0.0, 10.0, lo_open=True)
         _require_float("min_lr", self.min_lr, 0.0, 10.0)
         if self.min_lr > self.learning_rate:
@@ -155,3 +170,8 @@ class TrainConfig(_Config):
             raise ValueError(f"device must be auto, cpu, cuda or mps, got {self.device!r}")
         if self.num_threads is not None:
             _require_int("num_threads", self.num_threads)
+        if self.schedule not in ("steps", "time"):
+            raise ValueError(f"schedule must be 'steps' or 'time', got {self.schedule!r}")
+        if self.schedule == "time" and self.max_seconds is None:
+            raise ValueError("schedule='time' decays the learning rate over max_seconds; set max_seconds "
+                             "(e.g. 60) or use schedule='steps'")

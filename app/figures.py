@@ -1,0 +1,615 @@
+"""Figure builders: arrays in, Plotly figures out. No Streamlit here, so each one is testable alone.
+
+Conventions shared by every figure, so that pages read alike:
+
+* token labels come from :func:`token_labels` ("3·e": position, a middle dot, the piece with
+  whitespace made visible), so repeated tokens never collapse on a categorical axis;
+* colour scales come from :data:`SCALES` through :func:`colorscale`: ``"weight"`` for values in
+  [0, 1] (attention, probabilities), ``"signed"`` (centred on zero) for Q, K, V, scores and
+  other signed activations, ``"score"`` for head scores and other unbounded non-negative values;
+* matrices are sent to Plotly as float32 numpy arrays (compact JSON), never lists of float64;
+* attention heatmaps put the query (the position that looks) on the y axis, top to bottom, and
+  the key (the position looked at) on the x axis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+__all__ = [
+    "ACCENT", "MUTED", "SCALES", "MAX_DISPLAY_POINTS",
+    "visible", "token_labels", "candidate_labels", "colorscale", "as_f32", "downsample_history",
+    "attention_heatmap", "attention_grid", "head_score_overview", "query_attention",
+    "loss_curves", "throughput_chart", "grad_norm_heatmap", "update_ratio_chart",
+    "candidates_bar", "growing_attention", "prob_entropy_chart",
+    "embedding_scatter", "neighbours_bar", "similarity_heatmap", "residual_norms",
+    "matrix_heatmap", "vector_bar", "group_bar",
+]
+
+ACCENT = "#e4572e"      # the one highlight colour: drawn token, selected head, val points
+PRIMARY = "#3b5ba5"     # the main series colour
+MUTED = "#9aa5b1"       # secondary series, "before" values
+
+# One set of colour scales for the whole app.
+SCALES: dict[str, list[list]] = {
+    # 0 → white-ish, 1 → deep indigo: attention weights and probabilities.
+    "weight": [[0.0, "#f7f8fc"], [0.15, "#d4dcf0"], [0.4, "#8ea3d6"], [0.7, "#3b5ba5"], [1.0, "#14213d"]],
+    # negative → blue, 0 → white, positive → red.
+    "signed": [[0.0, "#2166ac"], [0.25, "#92c5de"], [0.5, "#f7f7f7"], [0.75, "#f4a582"], [1.0, "#b2182b"]],
+    # non-negative, unbounded: head scores, norms, gradient norms.
+    "score": [[0.0, "#fcfdbf"], [0.25, "#feb078"], [0.5, "#f1605d"], [0.75, "#b73779"], [1.0, "#2c115f"]],
+}
+
+# Distinct colours for parameter groups (embeddings, blocks' attention/MLP, final LayerNorm).
+GROUP_COLOURS = ["#3b5ba5", "#e4572e", "#17a398", "#f3a712", "#8c4fa1", "#5aa02c", "#d64f8a", "#2b9fd8",
+                 "#a0522d", "#6c757d"]
+
+MAX_DISPLAY_POINTS = 2000
+MAX_GROUP_POINTS = 600      # per-group charts draw ~10 series: fewer points each
+
+_VISIBLE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"})
+_FONT = dict(family="Inter, -apple-system, Segoe UI, Helvetica, Arial, sans-serif", size=12)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def visible(text: str) -> str:
+    """Whitespace made visible: space ␣, newline ↵, tab ⇥, carriage return ␍ (as the tokenizers)."""
+    return str(text).translate(_VISIBLE)
+
+
+def token_labels(pieces: Sequence[str], start: int = 0) -> list[str]:
+    """Axis labels for a token sequence: ``"<position>·<piece>"``, unique by construction.
+
+    ``pieces`` are display strings (``tokenizer.pieces(ids)``); raw whitespace is made visible
+    here too, so raw text pieces are fine. ``start`` is the position of the first piece.
+    """
+    return [f"{start + i}·{visible(p)}" for i, p in enumerate(pieces)]
+
+
+def candidate_labels(pieces: Sequence[str]) -> list[str]:
+    """Labels for ranked candidates (distinct tokens): ``"#<rank> <piece>"``, unique by rank."""
+    return [f"#{i + 1} {visible(p)}" for i, p in enumerate(pieces)]
+
+
+def colorscale(kind: str) -> list[list]:
+    """The app's colour scale for ``kind`` in ``SCALES`` ("weight", "signed" or "score")."""
+    try:
+        return SCALES[kind]
+    except KeyError:
+        raise ValueError(f"unknown colour scale {kind!r}; use one of {sorted(SCALES)}") from None
+
+
+def as_f32(a) -> np.ndarray:
+    """A contiguous float32 numpy array (torch tensors accepted): compact in Plotly's JSON."""
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(a, dtype=np.float32))
+
+
+def _layout(fig: go.Figure, title: str | None = None, height: int | None = None, **kw) -> go.Figure:
+    fig.update_layout(
+        title=dict(text=title, x=0.0, xanchor="left", font=dict(size=14)) if title else None,
+        font=_FONT,
+        margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+        height=height,
+        template="plotly_white",
+        **kw,
+    )
+    return fig
+
+
+def _category_ticks(n: int) -> dict:
+    """Tick styling for a categorical token axis with ``n`` labels: rotated and smaller when dense."""
+    if n > 40:
+        return dict(tickangle=-90, tickfont=dict(size=8))
+    if n > 16:
+        return dict(tickangle=-60, tickfont=dict(size=10))
+    return dict(tickangle=0)
+
+
+def _signed_range(z: np.ndarray) -> tuple[float, float]:
+    finite = z[np.isfinite(z)]
+    m = float(np.abs(finite).max()) if finite.size else 1.0
+    m = m or 1.0
+    return -m, m
+
+
+def downsample_history(history: pd.DataFrame | None, max_points: int = MAX_DISPLAY_POINTS) -> pd.DataFrame:
+    """At most ``max_points`` rows of a training history for display.
+
+    Rows are kept at an even stride plus the last one; rows with a validation loss are always
+    kept (they are few and are the points people look for), so the chart stays honest.
+    """
+    if history is None:
+        return pd.DataFrame(columns=["step"])
+    n = len(history)
+    if n <= max_points:  # also an empty frame, columns kept
+        return history
+    stride = math.ceil(n / max_points)
+    keep = np.zeros(n, dtype=bool)
+    keep[::stride] = True
+    keep[-1] = True
+    if "val_loss" in history:
+        val = history["val_loss"].notna().to_numpy()
+        if val.sum() <= max_points // 4:
+            keep |= val
+    return history.iloc[np.flatnonzero(keep)]
+
+
+def _col(df: pd.DataFrame, name: str) -> np.ndarray | None:
+    if name not in df.columns:
+        return None
+    return pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def attention_heatmap(pattern, labels: Sequence[str], title: str | None = None,
+                      query_labels: Sequence[str] | None = None, height: int = 460) -> go.Figure:
+    """One head's attention: ``pattern [Tq, Tk]`` (rows = queries, each row sums to 1).
+
+    y axis: the query token (top = first); x axis: the key token it attends to; colour: weight.
+    Hover shows the query, the key and the weight. ``labels`` label the keys; the queries use
+    ``query_labels`` (default: the last ``Tq`` key labels, the usual square causal case).
+    """
+    z = as_f32(pattern)
+    if z.ndim != 2:
+        raise ValueError(f"pattern must be [Tq, Tk], got shape {z.shape}")
+    tq, tk = z.shape
+    keys = list(labels)
+    if len(keys) != tk:
+        raise ValueError(f"{len(keys)} key labels for {tk} key positions")
+    queries = list(query_labels) if query_labels is not None else keys[tk - tq:]
+    if len(queries) != tq:
+        raise ValueError(f"{len(queries)} query labels for {tq} query positions")
+    fig = go.Figure(go.Heatmap(
+        z=z, x=keys, y=queries, colorscale=colorscale("weight"), zmin=0.0, zmax=1.0,
+        colorbar=dict(title=dict(text="weight"), thickness=12),
+        hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>",
+    ))
+    _layout(fig, title, height)
+    fig.update_xaxes(title_text="key (attended to)", type="category", automargin=True, **_category_ticks(tk))
+    fig.update_yaxes(title_text="query (attending)", type="category", autorange="reversed", automargin=True,
+                     tickfont=dict(size=8 if tq > 40 else 10))
+    return fig
+
+
+def attention_grid(patterns, labels: Sequence[str], layer: int, cols: int = 4,
+                   selected_head: int | None = None) -> go.Figure:
+    """All heads of one layer: ``patterns [H, T, T]`` as small heatmaps sharing one colour axis.
+
+    Same axes as :func:`attention_heatmap` (query down, key across); ticks are hidden in the
+    small panels, hover shows the tokens.
+    """
+    z = as_f32(patterns)
+    if z.ndim != 3:
+        raise ValueError(f"patterns must be [H, Tq, Tk], got shape {z.shape}")
+    n_head = z.shape[0]
+    cols = max(1, min(cols, n_head))
+    rows = math.ceil(n_head / cols)
+    titles = [f"<b>head {h}</b>" if h == selected_head else f"head {h}" for h in range(n_head)]
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles,
+                        horizontal_spacing=0.03, vertical_spacing=0.08 if rows > 1 else 0.0)
+    keys = list(labels)
+    tk = z.shape[2]
+    queries = keys[tk - z.shape[1]:]
+    for h in range(n_head):
+        fig.add_trace(go.Heatmap(
+            z=z[h], x=keys, y=queries, coloraxis="coloraxis",
+            hovertemplate=f"L{layer} H{h}<br>query %{{y}}<br>key %{{x}}<br>weight %{{z:.3f}}<extra></extra>",
+        ), row=h // cols + 1, col=h % cols + 1)
+    fig.update_xaxes(showticklabels=False, type="category")
+    fig.update_yaxes(showticklabels=False, type="category", autorange="reversed")
+    fig.update_layout(coloraxis=dict(colorscale=colorscale("weight"), cmin=0.0, cmax=1.0,
+                                     colorbar=dict(title=dict(text="weight"), thickness=12)))
+    _layout(fig, f"Layer {layer}: every head", height=max(280, 230 * rows + 40))
+    fig.update_layout(margin=dict(t=70))
+    return fig
+
+
+def head_score_overview(scores, metric: str, selected: tuple[int, int] | None = None,
+                        zrange: tuple[float, float] | None = None) -> go.Figure:
+    """Layers × heads overview of a head score: ``scores [L, H]``.
+
+    y: layer (0 at the top), x: head, colour: the score. A transparent scatter trace sits on
+    the cells so that clicking a cell selects it (Plotly heatmaps cannot be selected); its
+    points carry ``customdata = [layer, head]``. ``selected`` outlines one cell.
+    """
+    z = as_f32(scores)
+    if z.ndim != 2:
+        raise ValueError(f"scores must be [L, H], got shape {z.shape}")
+    n_layer, n_head = z.shape
+    lo, hi = zrange if zrange is not None else (None, None)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(n_head)), y=list(range(n_layer)), colorscale=colorscale("score"),
+        zmin=lo, zmax=hi, texttemplate="%{z:.2f}", textfont=dict(size=10),
+        colorbar=dict(title=dict(text=metric), thickness=12), hoverinfo="skip",
+    ))
+    ls, hs = np.meshgrid(np.arange(n_layer), np.arange(n_head), indexing="ij")
+    fig.add_trace(go.Scatter(
+        x=hs.ravel(), y=ls.ravel(), mode="markers",
+        marker=dict(symbol="square", size=max(8, min(40, 420 // max(n_head, n_layer))), opacity=0.0),
+        # plain ints, not a numpy array: a typed array would reach the selection event as {"0": l, "1": h}
+        customdata=[[int(l), int(h)] for l, h in zip(ls.ravel(), hs.ravel())],
+        text=[f"{v:.3f}" for v in z.ravel()],
+        hovertemplate="layer %{y}, head %{x}<br>" + metric + " %{text}<br>click to open<extra></extra>",
+        showlegend=False, name="heads",
+    ))
+    if selected is not None:
+        l, h = selected
+        fig.add_shape(type="rect", x0=h - 0.5, x1=h + 0.5, y0=l - 0.5, y1=l + 0.5,
+                      line=dict(color=ACCENT, width=3))
+    _layout(fig, f"Head scores: {metric}", height=max(220, 44 * n_layer + 90),
+            clickmode="event+select", dragmode=False)
+    fig.update_xaxes(title_text="head", tickmode="array", tickvals=list(range(n_head)), range=[-0.5, n_head - 0.5])
+    fig.update_yaxes(title_text="layer", tickmode="array", tickvals=list(range(n_layer)),
+                     range=[n_layer - 0.5, -0.5])
+    return fig
+
+
+def query_attention(rows, labels: Sequence[str], query_label: str, n_layer: int, n_head: int,
+                    title: str | None = None) -> go.Figure:
+    """One query's attention in every head: ``rows [L, H, Tk]`` → a (L·H) × Tk heatmap.
+
+    y: "L<layer> H<head>" (layer by layer, top to bottom), x: the key tokens, colour: weight.
+    """
+    z = as_f32(rows)
+    if z.shape[:2] != (n_layer, n_head) or z.ndim != 3:
+        raise ValueError(f"rows must be [L={n_layer}, H={n_head}, Tk], got shape {z.shape}")
+    keys = list(labels)
+    if len(keys) != z.shape[2]:
+        raise ValueError(f"{len(keys)} key labels for {z.shape[2]} key positions")
+    heads = [f"L{l} H{h}" for l in range(n_layer) for h in range(n_head)]
+    fig = go.Figure(go.Heatmap(
+        z=z.reshape(n_layer * n_head, -1), x=keys, y=heads, colorscale=colorscale("weight"),
+        zmin=0.0, zmax=1.0, colorbar=dict(title=dict(text="weight"), thickness=12),
+        hovertemplate="%{y}<br>query " + query_label.replace("%", "%%") + "<br>key %{x}<br>weight %{z:.3f}<extra></extra>",
+    ))
+    _layout(fig, title or f"Where {query_label} looks, in every head", height=max(240, 18 * len(heads) + 110))
+    fig.update_xaxes(title_text="key (attended to)", type="category", automargin=True,
+                     **_category_ticks(len(keys)))
+    fig.update_yaxes(title_text="layer · head", type="category", autorange="reversed", automargin=True)
+    return fig
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def loss_curves(history: pd.DataFrame, log_y: bool = False, title: str = "Loss") -> go.Figure:
+    """Train loss (line) and validation loss (marked points) against the step."""
+    df = downsample_history(history)
+    fig = go.Figure()
+    step = _col(df, "step")
+    tl = _col(df, "train_loss")
+    if step is not None and tl is not None:
+        fig.add_trace(go.Scatter(x=step, y=as_f32(tl), mode="lines", name="train loss",
+                                 line=dict(color=PRIMARY, width=1.6)))
+    vl = _col(df, "val_loss")
+    if step is not None and vl is not None:
+        ok = np.isfinite(vl)
+        fig.add_trace(go.Scatter(x=step[ok], y=as_f32(vl[ok]), mode="lines+markers", name="val loss",
+                                 line=dict(color=ACCENT, width=1.2, dash="dot"),
+                                 marker=dict(size=8, color=ACCENT, symbol="diamond")))
+    _layout(fig, title, height=320, legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="cross-entropy (nats/token)", type="log" if log_y else "linear")
+    return fig
+
+
+def throughput_chart(history: pd.DataFrame) -> go.Figure:
+    """Two panels against the step: tokens per second; bits per character (line: the training
+    batch, diamonds: validation)."""
+    df = downsample_history(history)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("tokens / s", "bits per character"),
+                        horizontal_spacing=0.12)
+    step = _col(df, "step")
+    tps = _col(df, "tokens_per_s")
+    if step is not None and tps is not None:
+        fig.add_trace(go.Scatter(x=step, y=as_f32(tps), mode="lines", name="tokens/s",
+                                 line=dict(color=PRIMARY)), row=1, col=1)
+    tb = _col(df, "train_bpc")
+    if step is not None and tb is not None:
+        ok = np.isfinite(tb)
+        fig.add_trace(go.Scatter(x=step[ok], y=as_f32(tb[ok]), mode="lines", name="train bpc",
+                                 line=dict(color=PRIMARY, width=1.2)), row=1, col=2)
+    vb = _col(df, "val_bpc")
+    if step is not None and vb is not None:
+        ok = np.isfinite(vb)
+        fig.add_trace(go.Scatter(x=step[ok], y=as_f32(vb[ok]), mode="markers", name="val bpc",
+                                 marker=dict(size=8, color=ACCENT, symbol="diamond")), row=1, col=2)
+    fig.update_xaxes(title_text="step")
+    _layout(fig, None, height=270, showlegend=False)
+    fig.update_layout(margin=dict(t=30))
+    return fig
+
+
+def _group_columns(df: pd.DataFrame, prefix: str) -> list[str]:
+    cols = [c for c in df.columns if c.startswith(prefix)]
+
+    def order(c: str):
+        g = c[len(prefix):]
+        if g == "embed":
+            return (0, 0, "")
+        if g.startswith("blocks."):
+            parts = g.split(".")
+            try:
+                return (1, int(parts[1]), parts[2] if len(parts) > 2 else "")
+            except (IndexError, ValueError):
+                return (1, 10**6, g)
+        return (2, 0, g)
+
+    return sorted(cols, key=order)
+
+
+def grad_norm_heatmap(history: pd.DataFrame) -> go.Figure:
+    """Gradient norm per parameter group over time: y = group (embeddings at the top, then each
+    block's attention and MLP, then the final LayerNorm), x = step, colour = log10 of the norm."""
+    df = downsample_history(history)
+    cols = _group_columns(df, "grad_norm/")
+    step = _col(df, "step")
+    if not cols or step is None:
+        fig = go.Figure()
+        fig.add_annotation(text="no gradient norms logged yet", showarrow=False, x=0.5, y=0.5,
+                           xref="paper", yref="paper")
+        return _layout(fig, "Gradient norm per layer", height=260)
+    z = np.stack([pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) for c in cols])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        zl = np.log10(np.where(z > 0, z, np.nan))
+    groups = [c[len("grad_norm/"):] for c in cols]
+    fig = go.Figure(go.Heatmap(
+        z=as_f32(zl), x=step, y=groups, colorscale=colorscale("score"),
+        customdata=as_f32(z), colorbar=dict(title=dict(text="log₁₀ ‖g‖"), thickness=12),
+        hovertemplate="%{y}<br>step %{x}<br>‖grad‖ %{customdata:.3g}<extra></extra>",
+    ))
+    _layout(fig, "Gradient norm per layer", height=max(240, 22 * len(groups) + 100))
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="parameter group", type="category", autorange="reversed")
+    return fig
+
+
+def update_ratio_chart(history: pd.DataFrame) -> go.Figure:
+    """Update/weight ratio (‖Δw‖ / ‖w‖ per step) per parameter group, log scale; ~1e-3 is healthy."""
+    df = downsample_history(history, MAX_GROUP_POINTS)
+    cols = _group_columns(df, "update_ratio/")
+    step = _col(df, "step")
+    fig = go.Figure()
+    for i, c in enumerate(cols):
+        y = _col(df, c)
+        fig.add_trace(go.Scatter(x=step, y=as_f32(y), mode="lines", name=c[len("update_ratio/"):],
+                                 line=dict(width=1.3, color=GROUP_COLOURS[i % len(GROUP_COLOURS)])))
+    if cols:
+        fig.add_hline(y=1e-3, line=dict(color=MUTED, dash="dash"), annotation_text="1e-3",
+                      annotation_position="bottom right")
+    else:
+        fig.add_annotation(text="no update ratios logged yet", showarrow=False, x=0.5, y=0.5,
+                           xref="paper", yref="paper")
+    _layout(fig, "Update / weight ratio", height=300)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="‖Δw‖ / ‖w‖", type="log")
+    return fig
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def candidates_bar(candidate_pieces: Sequence[str], before, after, drawn: int | None,
+                   title: str = "Top candidates") -> go.Figure:
+    """Top candidates of one step, most likely first (top to bottom).
+
+    Two bars per candidate: the model's probability at temperature 1 (grey, "before") and the
+    probability actually sampled from after temperature / top-k / top-p (blue, "after"). The
+    drawn candidate (index ``drawn`` into the lists) is orange. Clicking a bar selects that
+    candidate (``customdata`` is its rank index).
+    """
+    labels = candidate_labels(candidate_pieces)
+    b, a = as_f32(before), as_f32(after)
+    if not (len(labels) == len(b) == len(a)):
+        raise ValueError("candidate pieces, before and after must have the same length")
+    colours = [ACCENT if i == drawn else PRIMARY for i in range(len(labels))]
+    idx = list(range(len(labels)))  # plain ints: they come back in the selection event
+    fig = go.Figure()
+    fig.add_trace(go.Bar(y=labels, x=b, orientation="h", name="model (T = 1)",
+                         marker=dict(color=MUTED), customdata=idx,
+                         hovertemplate="%{y}<br>model p %{x:.3f}<extra></extra>"))
+    fig.add_trace(go.Bar(y=labels, x=a, orientation="h", name="sampled from (after T, top-k, top-p)",
+                         marker=dict(color=colours), customdata=idx,
+                         hovertemplate="%{y}<br>sampled p %{x:.3f}<extra></extra>"))
+    _layout(fig, title, height=max(220, 26 * len(labels) + 90), barmode="group",
+            legend=dict(orientation="h", y=-0.15), clickmode="event+select", dragmode=False)
+    fig.update_yaxes(type="category", autorange="reversed", automargin=True)
+    top = float(max(b.max(initial=0.0), a.max(initial=0.0)))
+    fig.update_xaxes(title_text="probability", range=[0, min(1.0, max(0.05, top * 1.15))])
+    return fig
+
+
+def growing_attention(rows: Sequence, starts: Sequence[int], position_labels: Sequence[str],
+                      step_labels: Sequence[str], head_name: str) -> go.Figure:
+    """One head's attention for each generated step, one row per step (steps × context).
+
+    ``rows[i]`` is step i's attention over its context window, which starts at absolute
+    position ``starts[i]``; ``position_labels`` label every absolute position of the sequence.
+    Cells a step could not see are blank. y: the step (the token it predicted), x: position.
+    """
+    if len(rows) != len(starts) or len(rows) != len(step_labels):
+        raise ValueError("rows, starts and step_labels must have the same length")
+    width = len(position_labels)
+    z = np.full((len(rows), width), np.nan, dtype=np.float32)
+    for i, (r, s) in enumerate(zip(rows, starts)):
+        r = as_f32(r)
+        end = min(width, s + len(r))
+        z[i, s:end] = r[: end - s]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(position_labels), y=list(step_labels), colorscale=colorscale("weight"),
+        zmin=0.0, zmax=1.0, colorbar=dict(title=dict(text="weight"), thickness=12),
+        hovertemplate="step %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>",
+    ))
+    _layout(fig, f"{head_name}: attention of each new token", height=max(220, 22 * len(rows) + 120))
+    fig.update_xaxes(title_text="context position (key)", type="category", automargin=True,
+                     **_category_ticks(width))
+    fig.update_yaxes(title_text="generated step (query)", type="category", autorange="reversed", automargin=True)
+    return fig
+
+
+def prob_entropy_chart(step_labels: Sequence[str], probs: Sequence[float], entropies: Sequence[float],
+                       current: int | None = None) -> go.Figure:
+    """Per generated step: probability of the drawn token (left axis) and entropy in bits (right)."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    x = list(step_labels)
+    fig.add_trace(go.Scatter(x=x, y=as_f32(probs), mode="lines+markers", name="p(drawn token)",
+                             line=dict(color=PRIMARY)), secondary_y=False)
+    fig.add_trace(go.Scatter(x=x, y=as_f32(entropies), mode="lines+markers", name="entropy (bits)",
+                             line=dict(color=ACCENT, dash="dot")), secondary_y=True)
+    if current is not None and 0 <= current < len(x):
+        fig.add_vline(x=current, line=dict(color=MUTED, width=8), opacity=0.35)
+    _layout(fig, "Confidence per step", height=280, legend=dict(orientation="h", y=1.15, x=1, xanchor="right"))
+    fig.update_xaxes(type="category", title_text="generated token")
+    fig.update_yaxes(title_text="probability", range=[0, 1.02], secondary_y=False)
+    fig.update_yaxes(title_text="entropy (bits)", rangemode="tozero", secondary_y=True)
+    return fig
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+def embedding_scatter(coords, labels: Sequence[str], title: str, highlight: Sequence[int] = (),
+                      axis_titles: Sequence[str] | None = None) -> go.Figure:
+    """Token embeddings projected to 2 or 3 dimensions (``coords [V, 2|3]``), one labelled point
+    per token; ``highlight`` indices are drawn in the accent colour."""
+    c = as_f32(coords)
+    if c.ndim != 2 or c.shape[1] not in (2, 3):
+        raise ValueError(f"coords must be [N, 2] or [N, 3], got shape {c.shape}")
+    labels = [visible(s) for s in labels]
+    if len(labels) != c.shape[0]:
+        raise ValueError(f"{len(labels)} labels for {c.shape[0]} points")
+    hl = set(int(i) for i in highlight)
+    colours = [ACCENT if i in hl else PRIMARY for i in range(len(labels))]
+    names = list(axis_titles) if axis_titles else [f"PC{i + 1}" for i in range(c.shape[1])]
+    show_text = len(labels) <= 400
+    mode = "markers+text" if show_text else "markers"
+    if c.shape[1] == 2:
+        fig = go.Figure(go.Scatter(
+            x=c[:, 0], y=c[:, 1], mode=mode, text=labels, textposition="top center",
+            marker=dict(size=7, color=colours, line=dict(width=0.5, color="white")),
+            hovertemplate="%{text}<br>(%{x:.2f}, %{y:.2f})<extra></extra>",
+        ))
+        fig.update_xaxes(title_text=names[0], zeroline=True)
+        fig.update_yaxes(title_text=names[1], zeroline=True)
+        return _layout(fig, title, height=480)
+    fig = go.Figure(go.Scatter3d(
+        x=c[:, 0], y=c[:, 1], z=c[:, 2], mode=mode, text=labels,
+        marker=dict(size=3.5, color=colours), textfont=dict(size=10),
+        hovertemplate="%{text}<extra></extra>",
+    ))
+    fig.update_layout(scene=dict(xaxis_title=names[0], yaxis_title=names[1], zaxis_title=names[2]))
+    return _layout(fig, title, height=520)
+
+
+def neighbours_bar(labels: Sequence[str], similarity, title: str) -> go.Figure:
+    """Nearest neighbours by cosine similarity, closest first (top to bottom)."""
+    labels = candidate_labels(labels)
+    s = as_f32(similarity)
+    fig = go.Figure(go.Bar(y=labels, x=s, orientation="h", marker=dict(color=PRIMARY),
+                           hovertemplate="%{y}<br>cosine %{x:.3f}<extra></extra>"))
+    _layout(fig, title, height=max(220, 24 * len(labels) + 80))
+    fig.update_yaxes(type="category", autorange="reversed", automargin=True)
+    fig.update_xaxes(title_text="cosine similarity", range=[min(0.0, float(s.min(initial=0))), 1.0])
+    return fig
+
+
+def similarity_heatmap(sim, title: str, axis_title: str = "position") -> go.Figure:
+    """A square cosine-similarity matrix (e.g. position embeddings × position embeddings);
+    colour from -1 (blue) through 0 (white) to +1 (red)."""
+    z = as_f32(sim)
+    n = z.shape[0]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(n)), y=list(range(n)), colorscale=colorscale("signed"), zmin=-1.0, zmax=1.0,
+        colorbar=dict(title=dict(text="cosine"), thickness=12),
+        hovertemplate=axis_title + " %{y} vs %{x}<br>cosine %{z:.3f}<extra></extra>",
+    ))
+    _layout(fig, title, height=460)
+    fig.update_xaxes(title_text=axis_title, constrain="domain")
+    fig.update_yaxes(title_text=axis_title, autorange="reversed", scaleanchor="x", constrain="domain")
+    return fig
+
+
+def residual_norms(norms, point_labels: Sequence[str], labels: Sequence[str]) -> go.Figure:
+    """Norm of the residual stream: ``norms [P, T]`` with P points in depth (embeddings, after
+    each block, …) as rows, top to bottom, and the tokens as columns; colour = L2 norm."""
+    z = as_f32(norms)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(labels), y=list(point_labels), colorscale=colorscale("score"),
+        colorbar=dict(title=dict(text="‖x‖"), thickness=12),
+        hovertemplate="%{y}<br>token %{x}<br>norm %{z:.2f}<extra></extra>",
+    ))
+    _layout(fig, "Residual stream norm per layer", height=max(240, 30 * len(point_labels) + 120))
+    fig.update_xaxes(title_text="token", type="category", automargin=True, **_category_ticks(z.shape[1]))
+    fig.update_yaxes(title_text="depth", type="category", autorange="reversed", automargin=True)
+    return fig
+
+
+# ----------------------------------------------------------------------------- mechanics
+
+
+def matrix_heatmap(mat, row_labels: Sequence[str], col_labels: Sequence[str], title: str,
+                   kind: str = "signed", zrange: tuple[float, float] | None = None,
+                   row_title: str = "", col_title: str = "", height: int | None = None,
+                   show_values: bool = False) -> go.Figure:
+    """A labelled matrix with the app's colour scale ``kind``. Signed scales are centred on 0;
+    ``-inf`` (the causal mask) shows as a blank cell. ``show_values`` writes each number."""
+    z = as_f32(mat)
+    if z.ndim == 1:
+        z = z[None, :]
+    if z.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(f"matrix shape {z.shape} does not match {len(row_labels)} × {len(col_labels)} labels")
+    z = np.where(np.isfinite(z), z, np.nan).astype(np.float32)
+    if zrange is None:
+        zrange = _signed_range(z) if kind == "signed" else (None, None)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(col_labels), y=list(row_labels), colorscale=colorscale(kind),
+        zmin=zrange[0], zmax=zrange[1], colorbar=dict(thickness=10),
+        texttemplate="%{z:.2f}" if show_values else None, textfont=dict(size=9),
+        hovertemplate="%{y} · %{x}<br>%{z:.4f}<extra></extra>",
+    ))
+    _layout(fig, title, height=height or max(200, 22 * len(row_labels) + 110))
+    fig.update_xaxes(title_text=col_title, type="category", automargin=True, **_category_ticks(len(col_labels)))
+    fig.update_yaxes(title_text=row_title, type="category", autorange="reversed", automargin=True)
+    return fig
+
+
+def vector_bar(values, labels: Sequence[str], title: str, highlight: int | None = None,
+               x_title: str = "probability", height: int | None = None) -> go.Figure:
+    """Horizontal bars, first label at the top; ``highlight`` in the accent colour."""
+    v = as_f32(values)
+    labels = list(labels)
+    if len(labels) != len(v):
+        raise ValueError(f"{len(labels)} labels for {len(v)} values")
+    colours = [ACCENT if i == highlight else PRIMARY for i in range(len(v))]
+    fig = go.Figure(go.Bar(y=labels, x=v, orientation="h", marker=dict(color=colours),
+                           hovertemplate="%{y}<br>%{x:.4f}<extra></extra>"))
+    _layout(fig, title, height=height or max(200, 24 * len(labels) + 80))
+    fig.update_yaxes(type="category", autorange="reversed", automargin=True)
+    fig.update_xaxes(title_text=x_title)
+    return fig
+
+
+def group_bar(groups: Sequence[str], values, title: str, y_title: str, log_y: bool = False,
+              reference: float | None = None) -> go.Figure:
+    """One bar per parameter group (embeddings, each block's attention and MLP, …)."""
+    v = as_f32(values)
+    fig = go.Figure(go.Bar(x=list(groups), y=v, marker=dict(color=PRIMARY),
+                           hovertemplate="%{x}<br>%{y:.3g}<extra></extra>"))
+    if reference is not None:
+        fig.add_hline(y=reference, line=dict(color=ACCENT, dash="dash"))
+    _layout(fig, title, height=300)
+    fig.update_xaxes(type="category", title_text="parameter group", tickangle=-30)
+    fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear")
+    return fig

@@ -1,0 +1,210 @@
+"""Session-state keys and typed accessors: the one place that names what a session remembers.
+
+Widget keys are listed in :data:`WIDGET_DEFAULTS`. Streamlit forgets a widget's value when a
+page without that widget runs; :func:`init` (called by ``main.py`` on every run, before any
+page) sets the defaults once and re-assigns the current values, which keeps them across page
+switches (the documented way to interrupt widget clean-up). Widgets with these keys are created
+without ``value=``/``index=`` so that the state is the single source of truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+# -- keys ------------------------------------------------------------------------------------
+
+MODEL_CHOICE = "model_choice"          # sidebar: "default", "run:<path>" or "live:<run id>"
+LIVE_PINS = "live_pins"                # {run id: step}: the snapshot a live model is inspected at
+
+INSPECT_TEXT = "inspect_text"          # Attention / Embeddings: "Text to inspect"
+ATTN_LAYER = "attn_layer"
+ATTN_HEAD = "attn_head"
+ATTN_METRIC = "attn_metric"
+ATTN_QUERY = "attn_query"
+ATTN_OVERVIEW = "attn_overview"        # the overview chart's selection event
+
+PROMPT = "gen_prompt"                  # Generate: "Prompt"
+GEN_TEMPERATURE = "gen_temperature"
+GEN_TOP_K = "gen_top_k"
+GEN_TOP_P = "gen_top_p"
+GEN_MAX_NEW = "gen_max_new"
+GEN_SEED = "gen_seed"
+GEN_TRACE = "gen_trace"                # GenTrace
+GEN_SCRUB = "gen_scrub"                # which step the per-step charts show (1-based)
+GEN_LAYER = "gen_layer"
+GEN_HEAD = "gen_head"
+GEN_BRANCH_PICK = "gen_branch_pick"
+GEN_CANDIDATES = "gen_candidates"      # the candidates chart's selection event
+
+EMB_TOKEN = "emb_token"
+EMB_K = "emb_k"
+
+MECH_TEXT = "mech_text"
+MECH_LAYER = "mech_layer"
+MECH_HEAD = "mech_head"
+MECH_QUERY = "mech_query"
+
+TRAIN_SOURCE = "train_source"          # corpus source radio
+TRAIN_SYNTH = "train_synth"
+TRAIN_PASTE = "train_paste"
+TRAIN_CORPUS = "train_corpus"          # Corpus (the loaded text and its name)
+TRAIN_TOKENIZER = "train_tokenizer"
+TRAIN_VOCAB = "train_vocab"
+TRAIN_PRESET = "train_preset"
+TRAIN_N_LAYER = "train_n_layer"
+TRAIN_N_HEAD = "train_n_head"
+TRAIN_N_EMBD = "train_n_embd"
+TRAIN_BLOCK = "train_block_size"
+TRAIN_BATCH = "train_batch_size"
+TRAIN_LR = "train_lr"
+TRAIN_STEPS = "train_steps"
+TRAIN_DROPOUT = "train_dropout"
+TRAIN_MAX_MINUTES = "train_max_minutes"
+TRAIN_LOG_Y = "train_log_y"
+TRAIN_ESTIMATE = "train_estimate"      # (settings key, seconds per step)
+TRAIN_NOTICE = "train_notice"          # a message to show once after a rerun
+
+DEFAULT_INSPECT_TEXT = "def add(a, b):\n    return a + b\ndef add(a, b):\n    return a + b\n"
+DEFAULT_PROMPT = "def "
+
+WIDGET_DEFAULTS: dict[str, Any] = {
+    MODEL_CHOICE: "default",
+    INSPECT_TEXT: DEFAULT_INSPECT_TEXT,
+    ATTN_LAYER: 0,
+    ATTN_HEAD: 0,
+    ATTN_METRIC: "induction",
+    ATTN_QUERY: None,
+    PROMPT: DEFAULT_PROMPT,
+    GEN_TEMPERATURE: 0.8,
+    GEN_TOP_K: 0,
+    GEN_TOP_P: 1.0,
+    GEN_MAX_NEW: 40,
+    GEN_SEED: 0,
+    GEN_LAYER: 0,
+    GEN_HEAD: 0,
+    EMB_K: 10,
+    MECH_TEXT: "def f(x):",
+    MECH_LAYER: 0,
+    MECH_HEAD: 0,
+    TRAIN_SOURCE: "Built-in",
+    TRAIN_PASTE: "",
+    TRAIN_TOKENIZER: "char",
+    TRAIN_VOCAB: 512,
+    TRAIN_LOG_Y: False,
+    TRAIN_MAX_MINUTES: 30,
+}
+
+
+# Value widgets whose state outlives a page switch (never buttons, uploaders or charts).
+PERSISTENT: tuple[str, ...] = tuple(WIDGET_DEFAULTS) + (
+    TRAIN_SYNTH, TRAIN_PRESET, TRAIN_N_LAYER, TRAIN_N_HEAD, TRAIN_N_EMBD, TRAIN_BLOCK, TRAIN_BATCH,
+    TRAIN_LR, TRAIN_STEPS, TRAIN_DROPOUT, EMB_TOKEN, MECH_QUERY, GEN_SCRUB, GEN_BRANCH_PICK,
+)
+
+
+def init() -> None:
+    """Set defaults once per session and keep widget values across page switches."""
+    ss = st.session_state
+    for key, value in WIDGET_DEFAULTS.items():
+        if key not in ss:
+            ss[key] = value
+    for key in PERSISTENT:
+        if key in ss:
+            ss[key] = ss[key]
+
+
+def get(key: str, default: Any = None) -> Any:
+    return st.session_state.get(key, default)
+
+
+def put(key: str, value: Any) -> None:
+    st.session_state[key] = value
+
+
+# -- the active model -------------------------------------------------------------------------
+
+
+def model_choice() -> str:
+    return st.session_state.get(MODEL_CHOICE, "default")
+
+
+def set_model_choice(choice: str) -> None:
+    st.session_state[MODEL_CHOICE] = choice
+
+
+def live_pin(run_id: str) -> int | None:
+    return st.session_state.get(LIVE_PINS, {}).get(run_id)
+
+
+def set_live_pin(run_id: str, step: int) -> None:
+    pins = dict(st.session_state.get(LIVE_PINS, {}))
+    pins[run_id] = int(step)
+    st.session_state[LIVE_PINS] = pins
+
+
+# -- corpus for training -------------------------------------------------------------------------
+
+
+@dataclass
+class Corpus:
+    """A corpus chosen on the Train page: the text and where it came from."""
+
+    name: str      # shown to the user, e.g. "builtin:python-docs" or "upload: notes.txt"
+    spec: str      # what the run folder records as its corpus
+    text: str
+
+
+def corpus() -> Corpus | None:
+    return st.session_state.get(TRAIN_CORPUS)
+
+
+def set_corpus(c: Corpus | None) -> None:
+    st.session_state[TRAIN_CORPUS] = c
+
+
+# -- generation trace --------------------------------------------------------------------------
+
+
+@dataclass
+class StepRecord:
+    """What the Generate page keeps of one generated step (small numpy arrays only)."""
+
+    token_id: int
+    position: int               # index of the new token in the full sequence
+    context_start: int          # absolute position of the first context token
+    top_ids: np.ndarray         # [k] candidate ids, most likely (model, T=1) first
+    top_before: np.ndarray      # [k] model probability at temperature 1
+    top_after: np.ndarray       # [k] probability actually sampled from
+    attention: np.ndarray       # [L, H, T_ctx] float32 attention row of the predicting position
+    prob: float                 # model probability of the drawn token
+    entropy_bits: float         # entropy of the model distribution, bits
+    truncated: bool
+    branched: bool = False      # the user picked this token instead of the drawn one
+
+
+@dataclass
+class GenTrace:
+    """A generation: the prompt, its settings and one record per generated token."""
+
+    model_key: str
+    prompt_ids: list[int]
+    settings: dict[str, Any]
+    steps: list[StepRecord] = field(default_factory=list)
+    prompt_note: str = ""       # e.g. "the prompt was cut to the last 64 tokens"
+    branch_note: str = ""
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prompt_ids + [s.token_id for s in self.steps]
+
+
+def gen_trace() -> GenTrace | None:
+    return st.session_state.get(GEN_TRACE)
+
+
+def set_gen_trace(trace: GenTrace | None) -> None:
+    st.session_state[GEN_TRACE] = trace

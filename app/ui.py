@@ -1,0 +1,103 @@
+"""Small Streamlit building blocks shared by the pages: a chart with its caption and downloads,
+a CSV download, the token strip, and error display. Pages stay short and look alike."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from .figures import visible
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def _file_stem(name: str) -> str:
+    return _SAFE.sub("-", name).strip("-").lower() or "figure"
+
+
+def plot_config(name: str) -> dict:
+    """Plotly modebar: the camera button downloads a PNG named after the figure."""
+    return {
+        "displaylogo": False,
+        "toImageButtonOptions": {"format": "png", "filename": _file_stem(name), "scale": 2},
+        "modeBarButtonsToRemove": ["lasso2d", "select2d"],
+    }
+
+
+def figure_html(fig: go.Figure) -> str:
+    """The figure as a standalone HTML page (plotly.js embedded: it opens offline)."""
+    return fig.to_html(include_plotlyjs=True, full_html=True)
+
+
+def figure_png(fig: go.Figure) -> bytes:
+    """The figure as PNG via kaleido (a headless Chromium); runs only when the button is clicked."""
+    return fig.to_image(format="png", scale=2)
+
+
+def chart(fig: go.Figure, key: str, caption: str, name: str | None = None,
+          on_select: str | Callable = "ignore", selection_mode: str | tuple = "points",
+          downloads: bool = True):
+    """Draw ``fig``, its caption (how to read it) and PNG / HTML downloads (built only when
+    clicked; the modebar's camera icon also saves a PNG in the browser). Returns the selection
+    event when ``on_select`` is not "ignore"."""
+    name = name or key
+    kwargs = {}
+    if on_select != "ignore":
+        kwargs = {"on_select": on_select, "selection_mode": selection_mode}
+    event = st.plotly_chart(fig, width="stretch", key=key, config=plot_config(name), **kwargs)
+    st.caption(caption)
+    if downloads:
+        row = st.container(horizontal=True, gap="small")
+        stem = _file_stem(name)
+        row.download_button("PNG", data=lambda f=fig: figure_png(f), file_name=f"{stem}.png", mime="image/png",
+                            key=f"{key}__png", on_click="ignore", type="tertiary", icon=":material/image:",
+                            help="Download this figure as a PNG image (rendered on the server; the camera "
+                                 "icon on the chart saves one from the browser)")
+        row.download_button("HTML", data=lambda f=fig: figure_html(f), file_name=f"{stem}.html",
+                            mime="text/html", key=f"{key}__html", on_click="ignore", type="tertiary",
+                            icon=":material/download:",
+                            help="Download this figure as an interactive HTML page that opens offline")
+    return event
+
+
+def csv_download(df: pd.DataFrame, name: str, key: str, label: str = "CSV", where=None) -> None:
+    """A download button for a table as CSV (built only when clicked)."""
+    (where or st).download_button(label, data=lambda d=df: d.to_csv(index=False).encode("utf-8"),
+                       file_name=f"{_file_stem(name)}.csv", mime="text/csv", key=key,
+                       on_click="ignore", icon=":material/table_view:", type="tertiary",
+                       help="Download this table as CSV")
+
+
+def token_strip(pieces: Sequence[str], ids: Sequence[int], highlight: int | None = None,
+                extra: Sequence[str] | None = None) -> None:
+    """The tokens as chips: position, the piece (whitespace visible) and, on hover, the id."""
+    chips = []
+    for i, (p, t) in enumerate(zip(pieces, ids)):
+        tip = f"position {i} · id {t}" + (f" · {extra[i]}" if extra else "")
+        cls = "lm-chip lm-hl" if i == highlight else "lm-chip"
+        chips.append(
+            f'<span class="{cls}" title="{html.escape(tip)}"><sub>{i}</sub>{html.escape(visible(p))}</span>'
+        )
+    st.html(
+        "<style>.lm-strip{display:flex;flex-wrap:wrap;gap:3px;font-family:ui-monospace,Menlo,monospace;"
+        "font-size:13px;margin:2px 0 6px}.lm-chip{background:#eef1f8;border:1px solid #d4dcf0;border-radius:4px;"
+        "padding:1px 5px;white-space:pre}.lm-chip sub{color:#8a94a6;font-size:9px;margin-right:2px}"
+        ".lm-hl{background:#fde2d8;border-color:#e4572e}</style>"
+        f'<div class="lm-strip">{"".join(chips)}</div>'
+    )
+
+
+def show_problem(exc: BaseException, what_to_do: str = "") -> None:
+    """An error the user can act on, as ``st.error`` (never a traceback)."""
+    msg = str(exc).strip() or type(exc).__name__
+    st.error(f"{msg} {what_to_do}".strip(), icon=":material/error:")
+
+
+def page_header(title: str, blurb: str) -> None:
+    st.title(title)
+    st.caption(blurb)

@@ -1,0 +1,105 @@
+"""Attention: type a text, see every head's attention pattern on it."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import figures, resources, state, ui
+from app.active import active_model
+from app.compute import HEAD_METRICS, InputProblem, encode_text, scores_table
+
+ui.page_header("Attention", "Where each head looks. Rows are queries (the token doing the looking), "
+               "columns are keys (the earlier tokens it can see); each row sums to 1.")
+
+lm = active_model()
+cfg = lm.config
+
+text = st.text_area("Text to inspect", key=state.INSPECT_TEXT, height=110,
+                    help=f"Up to {cfg.block_size} tokens (the model's context). Press Ctrl+Enter or click "
+                         f"outside the box to update.")
+try:
+    enc = encode_text(lm.tokenizer, text, cfg.block_size, keep="start", what="text to inspect")
+except InputProblem as e:
+    ui.show_problem(e)
+    st.stop()
+if enc.note:
+    st.warning(enc.note, icon=":material/content_cut:")
+
+ins = resources.inspection(lm.key, tuple(enc.ids), _model=lm.model)
+next_pieces = lm.tokenizer.pieces([int(i) for i in ins["next_id"]])
+ui.token_strip(enc.pieces, enc.ids,
+               extra=[f"model's next guess: {figures.visible(p)} ({q:.0%})" for p, q in zip(next_pieces, ins["next_p"])])
+st.caption(f"{len(enc.ids)} tokens. Hover a token for its id and the model's guess of the token after it.")
+
+
+def _select_head_from_overview() -> None:
+    """Callback of the overview chart: a clicked cell opens that head."""
+    event = st.session_state.get(state.ATTN_OVERVIEW) or {}
+    points = (event.get("selection") or {}).get("points") or []
+    for p in points:
+        if "x" in p and "y" in p:  # the overlay's points sit at x = head, y = layer
+            st.session_state[state.ATTN_LAYER] = int(round(p["y"]))
+            st.session_state[state.ATTN_HEAD] = int(round(p["x"]))
+            return
+
+
+@st.fragment
+def head_explorer() -> None:
+    """Layer/head choice, the large head, the overview, the layer grid and one query everywhere.
+
+    A fragment: picking a head or clicking the overview reruns only this part."""
+    L, H = cfg.n_layer, cfg.n_head
+    if st.session_state.get(state.ATTN_LAYER, 0) >= L:
+        st.session_state[state.ATTN_LAYER] = 0
+    if st.session_state.get(state.ATTN_HEAD, 0) >= H:
+        st.session_state[state.ATTN_HEAD] = 0
+    if st.session_state.get(state.ATTN_METRIC) not in HEAD_METRICS:
+        st.session_state[state.ATTN_METRIC] = "induction"
+
+    c1, c2, c3 = st.columns([1, 1, 3])
+    layer = c1.selectbox("Layer", list(range(L)), key=state.ATTN_LAYER)
+    head = c2.selectbox("Head", list(range(H)), key=state.ATTN_HEAD)
+    metric = c3.radio("Head score", list(HEAD_METRICS), key=state.ATTN_METRIC, horizontal=True,
+                      format_func=lambda m: HEAD_METRICS[m],
+                      help="previous token: attention on the token just before; duplicate token: on earlier "
+                           "copies of the same token; induction: on the token after an earlier copy; "
+                           "entropy: how spread out the attention is (low = focused).")
+    patterns = ins["patterns"]  # (L, H, T, T)
+
+    left, right = st.columns([3, 2])
+    with left:
+        ui.chart(figures.attention_heatmap(patterns[layer, head], enc.labels, title=f"Layer {layer}, head {head}"),
+                 key="attn_one", name=f"attention-L{layer}-H{head}",
+                 caption="Rows: the query token (reading down the text); columns: the key token it attends to. "
+                         "Darker = more attention; each row sums to 1, and nothing right of the diagonal "
+                         "(the future) is visible. Hover a cell for both tokens and the weight.")
+    with right:
+        scores = ins[f"score/{metric}"]
+        ui.chart(figures.head_score_overview(scores, HEAD_METRICS[metric], selected=(layer, head),
+                                             zrange=None if metric == "entropy" else (0.0, 1.0)),
+                 key=state.ATTN_OVERVIEW, name=f"head-scores-{metric}",
+                 on_select=_select_head_from_overview, selection_mode="points",
+                 caption=f"Every head at once: rows are layers, columns heads, colour and number the "
+                         f"{HEAD_METRICS[metric]} score on this text. Click a cell to open that head (outlined).")
+        ui.csv_download(scores_table(ins), "head-scores", key="attn_scores_csv", label="Head scores CSV")
+
+    tab_grid, tab_query = st.tabs([f"All heads of layer {layer}", "One query token, every head"])
+    with tab_grid:
+        ui.chart(figures.attention_grid(patterns[layer], enc.labels, layer, selected_head=head),
+                 key="attn_grid", name=f"attention-layer-{layer}",
+                 caption="Each panel is one head of this layer, with the same axes as the large chart "
+                         "(query down, key across) and the same colour scale; hover for the tokens.")
+    with tab_query:
+        T = len(enc.ids)
+        if st.session_state.get(state.ATTN_QUERY) not in range(T):
+            st.session_state[state.ATTN_QUERY] = T - 1
+        q = st.select_slider("Query token", options=list(range(T)), key=state.ATTN_QUERY,
+                             format_func=lambda i: enc.labels[i])
+        rows = patterns[:, :, q, : q + 1]  # (L, H, q+1)
+        ui.chart(figures.query_attention(rows, enc.labels[: q + 1], enc.labels[q], L, H),
+                 key="attn_query_all", name=f"attention-query-{q}",
+                 caption="One row per head (layer by layer): where the chosen query token looks. Columns are "
+                         "the tokens up to and including it; darker = more attention.")
+
+
+head_explorer()

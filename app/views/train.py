@@ -1,0 +1,439 @@
+"""Train: pick a corpus, a tokenizer and a model size, then watch the model learn, live."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+
+import streamlit as st
+import torch
+
+import lm_core
+from lm_core import corpora
+from lm_core.presets import PRESETS
+from lm_core.tokenizers import MIN_BPE_VOCAB_SIZE, BPETokenizer, CharTokenizer
+from lm_core.train import Trainer
+
+from app import compute, figures, resources, state, ui
+from app.active import active_model
+from app.models import runs_root
+from app.training import AlreadyTraining, TrainingJob
+
+POLL_S = 1.5                # live view refresh while a run is active (each poll costs ~0.1 s of CPU)
+PREVIEW_CHARS = 600
+SOURCES = ["Built-in", "Tiny Shakespeare", "Upload a .txt", "Paste text", "Synthetic task"]
+DEFAULT_PRESET = "default"
+AUTO_MEASURE_FLOPS = 3e10   # measure the step time automatically below this much work per step
+
+ui.page_header("Train", "Train a small GPT on a text of your choice and watch its loss, gradients and "
+               "weight updates as it learns. Training runs on the server; you can leave this page or "
+               "refresh, and come back to it.")
+
+reg = resources.registry()
+job = reg.active_job() or reg.latest()
+active = job is not None and job.active
+
+
+# -- settings from a preset ---------------------------------------------------------------------
+
+SETTING_KEYS = {
+    state.TRAIN_N_LAYER: ("model", "n_layer"), state.TRAIN_N_HEAD: ("model", "n_head"),
+    state.TRAIN_N_EMBD: ("model", "n_embd"), state.TRAIN_BLOCK: ("model", "block_size"),
+    state.TRAIN_DROPOUT: ("model", "dropout"), state.TRAIN_BATCH: ("train", "batch_size"),
+    state.TRAIN_LR: ("train", "learning_rate"), state.TRAIN_STEPS: ("train", "max_steps"),
+}
+
+
+def _preset_value(name: str, part: str, field: str):
+    p = PRESETS[name]
+    d = p.model if part == "model" else p.train
+    if field in d:
+        return d[field]
+    base = lm_core.ModelConfig() if part == "model" else lm_core.TrainConfig()
+    return getattr(base, field)
+
+
+def _apply_preset() -> None:
+    name = st.session_state.get(state.TRAIN_PRESET, DEFAULT_PRESET)
+    for key, (part, field) in SETTING_KEYS.items():
+        v = _preset_value(name, part, field)
+        st.session_state[key] = float(v) if field in ("dropout", "learning_rate") else int(v)
+    p = PRESETS[name]
+    budget = p.train.get("max_seconds")
+    st.session_state[state.TRAIN_MAX_MINUTES] = (max(1, round(budget / 60)) if budget
+                                                 else state.WIDGET_DEFAULTS[state.TRAIN_MAX_MINUTES])
+
+
+if st.session_state.get(state.TRAIN_PRESET) not in PRESETS:
+    st.session_state[state.TRAIN_PRESET] = DEFAULT_PRESET
+if any(k not in st.session_state for k in SETTING_KEYS):
+    _apply_preset()
+
+
+# -- 1. corpus ---------------------------------------------------------------------------------
+
+
+def _set_corpus(name: str, spec: str, text: str) -> None:
+    state.set_corpus(state.Corpus(name=name, spec=spec, text=text))
+
+
+def corpus_section() -> None:
+    st.subheader("1 · Corpus")
+    source = st.radio("Source", SOURCES, key=state.TRAIN_SOURCE, horizontal=True,
+                      label_visibility="collapsed")
+    try:
+        if source == "Built-in":
+            spec = next(iter(corpora.BUILTIN_CORPORA))
+            st.caption(corpora.BUILTIN_CORPORA[spec])
+            cur = state.corpus()
+            if cur is None or cur.spec != spec:
+                _set_corpus(spec, spec, resources.corpus_text(spec))
+        elif source == "Synthetic task":
+            tasks = list(corpora.SYNTHETIC_TASKS)
+            if st.session_state.get(state.TRAIN_SYNTH) not in tasks:
+                st.session_state[state.TRAIN_SYNTH] = tasks[0]
+            task = st.selectbox("Task", tasks, key=state.TRAIN_SYNTH)
+            t = corpora.SYNTHETIC_TASKS[task]
+            st.caption(f"{t.description} Example: `{t.example}`")
+            spec = f"synthetic:{task}"
+            cur = state.corpus()
+            if cur is None or cur.spec != spec:
+                _set_corpus(spec, spec, resources.corpus_text(spec))
+        elif source == "Tiny Shakespeare":
+            st.caption("40,000 lines of Shakespeare (1.1 MB), nanoGPT's benchmark. Downloaded once, then kept "
+                       "in a local cache.")
+            if st.button("Download Tiny Shakespeare", icon=":material/download:", key="train_btn_download"):
+                bar = st.progress(0.0, text="Connecting…")
+
+                def progress(done: int, total: int | None) -> None:
+                    frac = min(1.0, done / total) if total else 0.0
+                    bar.progress(frac, text=f"Downloading… {done / 1e6:.2f} MB"
+                                 + (f" of {total / 1e6:.2f} MB" if total else ""))
+
+                text = corpora.load_corpus("tiny-shakespeare", progress=progress)
+                bar.progress(1.0, text="Done.")
+                _set_corpus("tiny-shakespeare", "tiny-shakespeare", text)
+        elif source == "Upload a .txt":
+            up = st.file_uploader("Text file (UTF-8, up to 50 MB)", type=["txt", "md", "py", "csv"],
+                                  key="train_upload")
+            if up is not None:
+                cur = state.corpus()
+                name = f"upload: {up.name}"
+                if cur is None or cur.name != name:
+                    text = corpora.corpus_from_bytes(up.getvalue(), f"The file {up.name!r}")
+                    _set_corpus(name, "", text)
+        elif source == "Paste text":
+            st.text_area("Training text", key=state.TRAIN_PASTE, height=140,
+                         placeholder="Paste a few thousand characters or more…")
+            if st.button("Use this text", key="train_btn_paste"):
+                text = corpora.corpus_from_text(st.session_state.get(state.TRAIN_PASTE, ""), "The pasted text")
+                _set_corpus("pasted text", "", text)
+    except ValueError as e:
+        ui.show_problem(e, "The corpus already loaded (if any) is kept.")
+
+    cur = state.corpus()
+    if cur is None:
+        st.info("Choose a corpus above.", icon=":material/lightbulb:")
+        return
+    stats = resources.corpus_stats(cur.text)
+    m = st.columns(4)
+    m[0].metric("Corpus", cur.name if len(cur.name) < 28 else cur.name[:25] + "…")
+    m[1].metric("Size", f"{stats['bytes'] / 1e6:.2f} MB" if stats["bytes"] >= 1e5 else f"{stats['bytes'] / 1e3:.1f} kB")
+    m[2].metric("Characters", f"{stats['chars']:,}")
+    m[3].metric("Distinct characters", f"{stats['distinct_chars']:,}")
+    with st.expander("Preview", expanded=False):
+        st.code(cur.text[:PREVIEW_CHARS] + ("…" if len(cur.text) > PREVIEW_CHARS else ""), language=None)
+
+
+# -- 2. tokenizer ------------------------------------------------------------------------------
+
+
+def tokenizer_section() -> None:
+    st.subheader("2 · Tokenizer")
+    c1, c2, c3 = st.columns([2, 1, 2])
+    kind = c1.radio("Tokenizer", ["char", "bpe"], key=state.TRAIN_TOKENIZER, horizontal=True,
+                    format_func=lambda k: {"char": "Characters", "bpe": "Byte-level BPE"}[k])
+    if kind == "bpe":
+        c2.number_input("Vocabulary size", min_value=MIN_BPE_VOCAB_SIZE, max_value=16384, step=64,
+                        key=state.TRAIN_VOCAB)
+    cur = state.corpus()
+    if cur is not None:
+        if kind == "char":
+            vocab = resources.corpus_stats(cur.text)["distinct_chars"] + 1
+            c3.metric("Tokens per character", "1.00", help=f"Vocabulary: {vocab} (every distinct character + ⟨unk⟩)")
+        else:
+            tpc, vocab = resources.tokens_per_char(cur.text, "bpe", int(st.session_state[state.TRAIN_VOCAB]))
+            c3.metric("Tokens per character", f"{tpc:.2f}", help=f"Vocabulary: {vocab} (measured on the first 200k characters)")
+
+
+# -- 3. model and training settings ------------------------------------------------------------
+
+
+def settings_section() -> tuple[lm_core.ModelConfig | None, dict | None]:
+    st.subheader("3 · Model and training")
+    c1, c2 = st.columns([2, 3])
+    c1.selectbox("Preset", list(PRESETS), key=state.TRAIN_PRESET, on_change=_apply_preset,
+                 help="Fills the settings below; the corpus stays the one chosen above.")
+    c2.caption(PRESETS[st.session_state[state.TRAIN_PRESET]].description)
+    with st.expander("Advanced settings", expanded=False):
+        a = st.columns(4)
+        a[0].number_input("Layers", 1, 48, step=1, key=state.TRAIN_N_LAYER)
+        a[1].number_input("Heads", 1, 64, step=1, key=state.TRAIN_N_HEAD)
+        a[2].number_input("Width (n_embd)", 8, 4096, step=8, key=state.TRAIN_N_EMBD)
+        a[3].number_input("Context (block size)", 4, 2048, step=8, key=state.TRAIN_BLOCK)
+        b = st.columns(4)
+        b[0].number_input("Batch size", 1, 1024, step=1, key=state.TRAIN_BATCH)
+        b[1].number_input("Learning rate", 1e-6, 1.0, step=1e-4, format="%.5f", key=state.TRAIN_LR)
+        b[2].number_input("Steps", 1, 1_000_000, step=100, key=state.TRAIN_STEPS)
+        b[3].number_input("Dropout", 0.0, 0.9, step=0.05, key=state.TRAIN_DROPOUT)
+        st.number_input("Time budget (minutes)", 1, 24 * 60, step=5, key=state.TRAIN_MAX_MINUTES,
+                        help="The run stops by itself after this much training time, even if nobody is watching.")
+
+    ss = st.session_state
+    cur = state.corpus()
+    if ss[state.TRAIN_TOKENIZER] == "char":
+        vocab = (resources.corpus_stats(cur.text)["distinct_chars"] + 1) if cur else 66
+    else:
+        vocab = int(ss[state.TRAIN_VOCAB])
+    try:
+        mc = lm_core.ModelConfig(vocab_size=int(vocab), block_size=int(ss[state.TRAIN_BLOCK]),
+                                 n_layer=int(ss[state.TRAIN_N_LAYER]), n_head=int(ss[state.TRAIN_N_HEAD]),
+                                 n_embd=int(ss[state.TRAIN_N_EMBD]), dropout=float(ss[state.TRAIN_DROPOUT]))
+        train_over = _train_overrides()
+        lm_core.TrainConfig(**train_over)
+    except ValueError as e:
+        ui.show_problem(e, "Change the advanced settings so that they fit together.")
+        return None, None
+
+    tokens_per_step = int(ss[state.TRAIN_BATCH]) * mc.block_size
+    flops = 6 * mc.n_params * tokens_per_step
+    key = (mc.to_dict(), int(ss[state.TRAIN_BATCH]))
+    est = ss.get(state.TRAIN_ESTIMATE)
+    per_step = est[1] if est and est[0] == repr(key) else None
+    m = st.columns([1, 1, 1, 2], vertical_alignment="center")
+    m[0].metric("Parameters", f"{mc.n_params / 1e6:.2f} M" if mc.n_params >= 1e5 else f"{mc.n_params / 1e3:.1f} k")
+    m[1].metric("Tokens per step", f"{tokens_per_step:,}")
+    if per_step is None and not active and flops <= AUTO_MEASURE_FLOPS:
+        with st.spinner("Measuring the time per step on this machine…"):
+            per_step = resources.step_time(mc.to_dict(), int(ss[state.TRAIN_BATCH]))
+        ss[state.TRAIN_ESTIMATE] = (repr(key), per_step)
+    if per_step is None:
+        if m[3].button("Measure time per step", key="train_btn_measure", icon=":material/timer:",
+                       help="Runs a few training steps of this shape (a few seconds; slower while a run trains)."):
+            per_step = resources.step_time(mc.to_dict(), int(ss[state.TRAIN_BATCH]))
+            ss[state.TRAIN_ESTIMATE] = (repr(key), per_step)
+    if per_step is not None:
+        steps = int(ss[state.TRAIN_STEPS])
+        total = min(per_step * steps, 60 * int(ss[state.TRAIN_MAX_MINUTES]))
+        m[2].metric("Time per step", compute.format_seconds(per_step), help="Measured here, without evaluations.")
+        m[3].caption(f"≈ {compute.format_seconds(total)} for {steps:,} steps"
+                     + (" (the time budget ends it first)" if per_step * steps > 60 * int(ss[state.TRAIN_MAX_MINUTES]) else "")
+                     + f" · ≈ {tokens_per_step / per_step:,.0f} tokens/s")
+    return mc, train_over
+
+
+def _train_overrides() -> dict:
+    ss = st.session_state
+    preset = PRESETS[ss[state.TRAIN_PRESET]]
+    steps = int(ss[state.TRAIN_STEPS])
+    over = {k: v for k, v in preset.train.items() if k not in ("max_seconds", "schedule")}
+    over.update(
+        batch_size=int(ss[state.TRAIN_BATCH]), learning_rate=float(ss[state.TRAIN_LR]), max_steps=steps,
+        max_seconds=60.0 * int(ss[state.TRAIN_MAX_MINUTES]),
+        eval_interval=max(10, min(int(over.get("eval_interval", 250)), max(10, steps // 8))),
+        log_interval=max(1, min(10, steps // 50 or 1)),
+        checkpoint_interval=max(50, min(int(over.get("checkpoint_interval", 500)), steps)),
+    )
+    over["warmup_steps"] = min(int(over.get("warmup_steps", 100)), max(0, steps // 10))
+    over["min_lr"] = min(float(over.get("min_lr", 1e-4)), over["learning_rate"])
+    if preset.train.get("schedule") == "time":
+        over["schedule"] = "time"
+    return over
+
+
+# -- 4. run controls -----------------------------------------------------------------------------
+
+
+def _run_id(corpus_name: str) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", corpus_name.lower()).strip("-")[:24] or "run"
+    return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _start(mc: lm_core.ModelConfig, train_over: dict) -> bool:
+    """Start a run; True when it started (else a message says why)."""
+    cur = state.corpus()
+    if cur is None:
+        st.error("Choose a corpus first (section 1).", icon=":material/error:")
+        return False
+    ss = st.session_state
+    run_id = _run_id(cur.name.replace("upload: ", ""))
+    run_dir = runs_root() / run_id
+
+    def make() -> TrainingJob:
+        text = cur.text
+        if ss[state.TRAIN_TOKENIZER] == "char":
+            tok = CharTokenizer.train(text)
+        else:
+            tok = BPETokenizer.train(text, vocab_size=int(ss[state.TRAIN_VOCAB]))
+        cfg = mc.replace(vocab_size=tok.vocab_size)
+        tc = lm_core.TrainConfig(**train_over)
+        spec = cur.spec
+        if not spec:  # an upload or pasted text: keep it with the run, so the run can be resumed
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "corpus.txt").write_text(text, encoding="utf-8")
+            spec = str(run_dir / "corpus.txt")
+        torch.manual_seed(tc.seed)  # the model's initial weights follow the run's seed
+        try:
+            trainer = Trainer(lm_core.GPT(cfg), tok, text, tc, run_dir=run_dir, corpus=spec)
+        except ValueError:
+            if run_dir.is_dir() and not (run_dir / "config.json").exists():
+                shutil.rmtree(run_dir, ignore_errors=True)  # only our corpus copy was written
+            raise
+        return TrainingJob(run_id=run_id, run_dir=run_dir, trainer=trainer, tokenizer=tok, corpus_name=cur.name)
+
+    try:
+        with st.spinner("Preparing the run (tokenizer, model, first checkpoint)…"):
+            reg.start(run_id, make)
+        state.put(state.TRAIN_NOTICE, f"Started run '{run_id}'. Pick it in the sidebar to inspect the "
+                                      f"model while it learns.")
+        return True
+    except AlreadyTraining as e:
+        st.warning(str(e), icon=":material/warning:")
+    except ValueError as e:
+        ui.show_problem(e, "Change the settings or the corpus and press Start training again.")
+    except OSError as e:
+        ui.show_problem(e, f"Could not write the run folder under {runs_root()}; check that it is writable.")
+    return False
+
+
+def controls(mc, train_over) -> None:
+    st.subheader("4 · Run")
+    status = job.status if job is not None else "idle"
+    c = st.columns([1.3, 1, 1, 1, 3])
+    start = c[0].button("Start training", type="primary", icon=":material/play_arrow:", key="train_btn_start",
+                        disabled=active or mc is None)
+    pause = c[1].button("Pause", icon=":material/pause:", key="train_btn_pause", disabled=status != "running")
+    resume = c[2].button("Resume", icon=":material/resume:", key="train_btn_resume", disabled=status != "paused")
+    stop = c[3].button("Stop", icon=":material/stop:", key="train_btn_stop", disabled=not active)
+    if active:
+        c[4].caption(f"Run **{job.run_id}** is {status}. Stop it to start another.")
+    if start and mc is not None and _start(mc, train_over):
+        st.rerun()
+    if job is not None:
+        if pause:
+            job.trainer.pause(wait=True, timeout=10)
+            st.rerun()
+        if resume:
+            job.trainer.resume()
+            st.rerun()
+        if stop:
+            with st.spinner("Stopping after the current step (final evaluation and checkpoint)…"):
+                job.trainer.stop(wait=True, timeout=30)
+            st.rerun()
+
+
+# -- 5. live view ---------------------------------------------------------------------------------
+
+
+def history_view(hist, samples: list, name: str, key_prefix: str = "train") -> None:
+    """Metrics and charts of a training history (live or saved)."""
+    last = hist.iloc[-1].to_dict() if len(hist) else {}
+
+    def num(v):
+        return v if v is not None and v == v else None
+
+    val = hist["val_loss"].dropna() if "val_loss" in hist else []
+    bpc = hist["val_bpc"].dropna() if "val_bpc" in hist else []
+    k = st.columns(5)
+    tl, tps, gn = num(last.get("train_loss")), num(last.get("tokens_per_s")), num(last.get("grad_norm"))
+    k[0].metric("Train loss", f"{tl:.3f}" if tl is not None else "–")
+    k[1].metric("Val loss", f"{val.iloc[-1]:.3f}" if len(val) else "–")
+    k[2].metric("Bits per character (val)", f"{bpc.iloc[-1]:.3f}" if len(bpc) else "–")
+    k[3].metric("Tokens / s", f"{tps:,.0f}" if tps is not None else "–")
+    k[4].metric("Gradient norm", f"{gn:.3f}" if gn is not None else "–")
+
+    c1, c2 = st.columns([3, 2])
+    with c1:
+        log_y = st.toggle("Log scale", key=state.TRAIN_LOG_Y)
+        ui.chart(figures.loss_curves(hist, log_y=log_y), key=f"{key_prefix}_loss_chart", name=f"loss-{name}",
+                 caption="Cross-entropy per token against the training step: the line is each step's training "
+                         "batch, the diamonds the held-out validation text (the last 10% of the corpus). "
+                         "Lower is better; val above train means over-fitting.")
+        ui.csv_download(hist, f"history-{name}", key=f"{key_prefix}_hist_csv", label="History CSV")
+    with c2:
+        ui.chart(figures.throughput_chart(hist), key=f"{key_prefix}_tps_chart", name=f"throughput-{name}",
+                 caption="Left: training speed in tokens per second. Right: bits per character "
+                         "(line: training batch; diamonds: validation) — comparable across tokenizers.")
+        st.markdown("**Latest sample**")
+        if samples:
+            s = samples[-1]
+            st.caption(f"Generated at step {s['step']} from a newline, temperature 0.8:")
+            st.code(s["text"][:800], language=None)
+        else:
+            st.caption("The first sample appears at the first evaluation.")
+    c3, c4 = st.columns(2)
+    with c3:
+        ui.chart(figures.grad_norm_heatmap(hist), key=f"{key_prefix}_grad_chart", name=f"gradient-norms-{name}",
+                 caption="Gradient norm per parameter group (rows: embeddings, each block's attention and MLP, final "
+                         "LayerNorm) over the steps (columns); colour = log₁₀ of the norm. Bright stripes show "
+                         "where learning is happening.")
+    with c4:
+        ui.chart(figures.update_ratio_chart(hist), key=f"{key_prefix}_update_chart", name=f"update-ratios-{name}",
+                 caption="Size of each step's weight change relative to the weights, per group (log scale). "
+                         "Around 10⁻³ (dashed) is the usual healthy range; much higher means the learning rate "
+                         "is too high.")
+
+
+def live_view() -> None:
+    """Everything that changes while the model trains. Reruns on its own every POLL_S seconds
+    while a run is active (a fragment: the rest of the page is not redrawn)."""
+    snap = job.poll()
+    was_active = st.session_state.get("_train_was_active")
+    st.session_state["_train_was_active"] = snap.status in ("idle", "running", "paused")
+    if was_active and not st.session_state["_train_was_active"]:
+        st.rerun()  # the run ended: redraw the whole page once (buttons, sidebar), stop polling
+    tc = job.train_config
+    m = snap.metrics
+    step = snap.step
+    elapsed = m.get("elapsed_s") or 0.0
+    frac = max(step / tc.max_steps, elapsed / tc.max_seconds if tc.max_seconds else 0.0)
+    eta = m.get("eta_s")
+    eta_txt = f" · ETA {compute.format_seconds(eta)}" if snap.status == "running" and eta is not None and eta == eta else ""
+    st.progress(min(1.0, frac), text=f"**{snap.status}** · step {step:,} / {tc.max_steps:,} · elapsed "
+                                     f"{compute.format_seconds(elapsed)}{eta_txt}")
+    if snap.status in ("diverged", "failed"):
+        st.error(f"{snap.error} The run folder {job.run_dir} keeps the last good checkpoint; it is listed in "
+                 f"the sidebar.", icon=":material/error:")
+    elif snap.status in ("finished", "stopped"):
+        st.success(f"Run **{job.run_id}** {snap.status} at step {step:,} ({snap.reason}). It is saved in "
+                   f"{job.run_dir} and listed in the sidebar.", icon=":material/check_circle:")
+    history_view(snap.history, snap.samples, job.run_id)
+
+
+notice = st.session_state.pop(state.TRAIN_NOTICE, None)
+if notice:
+    st.success(notice, icon=":material/check_circle:")
+
+if active:
+    st.info(f"Run **{job.run_id}** is {job.status}; its settings are locked until it ends. The live view is below.",
+            icon=":material/model_training:")
+with st.expander("Set up a new run", expanded=not active):
+    corpus_section()
+    tokenizer_section()
+    mc, train_over = settings_section()
+controls(mc, train_over)
+st.divider()
+if job is not None:
+    st.subheader("Live view" if active else f"Last run: {job.run_id}")
+    st.fragment(run_every=POLL_S if active else None)(live_view)()
+else:
+    lm = active_model()
+    if lm.history is not None and len(lm.history):
+        st.subheader(f"How the active model was trained: {lm.label}")
+        st.caption("No run started from this page yet; below is the saved history of the model chosen in the "
+                   "sidebar. Press **Start training** and the live view replaces it.")
+        history_view(lm.history, lm.samples, lm.label.split(" ")[0], key_prefix="saved")
+    else:
+        st.info("No run yet. Press **Start training**; the charts appear here and update by themselves.",
+                icon=":material/lightbulb:")

@@ -1,0 +1,211 @@
+"""Training benchmarks on Tiny Shakespeare (DESIGN §5). Prints JSON lines.
+
+    LM_LENS_TINY_SHAKESPEARE=path/to/tinyshakespeare.txt \\
+        .venv/bin/python bench/bench_train.py [--only ratio,thread,nanogpt,quick]
+
+One ``json.dumps`` per line, each with a ``"metric"`` key:
+
+* ``trainer_vs_plain``: tokens/s of :class:`lm_core.train.Trainer` (hooks present, nothing
+  captured, history rows with per-layer norms every 10 steps) ÷ a plain PyTorch loop of the
+  same model in the same process (get batch, forward, cross-entropy, backward, clip, AdamW).
+  Rounds alternate between the two so drifting machine load hits both alike. Target ≥ 1.0.
+* ``thread_vs_foreground``: tokens/s of a Trainer in a background thread (as the app runs it)
+  while the main thread plays a polling UI ÷ the same Trainer in the foreground (as the CLI
+  runs it); plus the UI's latency for a small fixed job, idle vs during training. Target ≥ 0.9.
+* ``nanogpt_cpu``: the ``nanogpt-cpu`` preset, 2000 steps: final val loss. Target ≤ 1.89.
+* ``quick``: the ``quick`` preset, 60 s wall clock: final val loss. Goal ≤ 1.80.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+from lm_core.config import TrainConfig  # noqa: E402
+from lm_core.corpora import load_corpus  # noqa: E402
+from lm_core.model import GPT  # noqa: E402
+from lm_core.presets import preset_configs  # noqa: E402
+from lm_core.tokenizers import CharTokenizer  # noqa: E402
+from lm_core.train import Trainer, available_cores  # noqa: E402
+
+PARTS = ("ratio", "thread", "nanogpt", "quick")
+POLL_S = 1.0  # the app's live view refreshes once a second
+
+
+def emit(metric: str, **fields) -> None:
+    print(json.dumps({"metric": metric, **fields}), flush=True)
+
+
+def _text() -> str:
+    if not os.environ.get("LM_LENS_TINY_SHAKESPEARE"):
+        sys.exit("bench_train.py: set LM_LENS_TINY_SHAKESPEARE to a local copy of Tiny Shakespeare "
+                 "(in this repo's CI: ../shared/data/tinyshakespeare.txt)")
+    return load_corpus("tiny-shakespeare")
+
+
+def _trainer(text, tok, preset, **train_over) -> Trainer:
+    mcfg, tcfg = preset_configs(preset, tok.vocab_size, train_overrides=train_over)
+    torch.manual_seed(tcfg.seed)
+    return Trainer(GPT(mcfg), tok, text, tcfg)
+
+
+def bench_ratio(text, tok, rounds: int, steps: int) -> None:
+    trainer = _trainer(text, tok, "nanogpt-cpu", max_steps=10**9, eval_interval=10**9, sample_tokens=0,
+                       log_interval=10)
+    threads = trainer.configure_threads()
+    cfg, tc = trainer.model.config, trainer.config
+    torch.manual_seed(tc.seed)
+    plain = GPT(cfg)  # the same model class: hooks present, nothing captured
+    data = trainer.train_split.ids
+    opt = torch.optim.AdamW(plain.parameters(), lr=tc.learning_rate, betas=(tc.beta1, tc.beta2),
+                            weight_decay=tc.weight_decay)
+    B, T = tc.batch_size, cfg.block_size
+
+    def plain_step():
+        ix = torch.randint(len(data) - T, (B,))
+        x = torch.stack([data[i:i + T] for i in ix])           # (B, T)
+        y = torch.stack([data[i + 1:i + 1 + T] for i in ix])   # (B, T)
+        logits = plain(x)                                       # (B, T, V)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(plain.parameters(), tc.grad_clip)
+        opt.step()
+
+    def timed(fn, n):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return n * B * T / (time.perf_counter() - t0)
+
+    timed(trainer.step, 10), timed(plain_step, 10)  # warm up
+    tr, pl, pairs = [], [], []
+    for r in range(rounds):  # alternate which side goes first, so neither always follows the other
+        first, second = (trainer.step, plain_step) if r % 2 == 0 else (plain_step, trainer.step)
+        a, b = timed(first, steps), timed(second, steps)
+        t_rate, p_rate = (a, b) if r % 2 == 0 else (b, a)
+        tr.append(t_rate)
+        pl.append(p_rate)
+        pairs.append(t_rate / p_rate)
+    ratio = statistics.median(pairs)
+    emit("trainer_vs_plain", trainer_tokens_per_s=round(statistics.median(tr)),
+         plain_tokens_per_s=round(statistics.median(pl)), ratio=round(ratio, 3),
+         ratio_of_best=round(max(tr) / max(pl), 3), rounds=rounds, steps_per_round=steps, threads=threads,
+         target=1.0, ok=ratio >= 1.0)
+
+
+def bench_thread(text, tok, rounds: int, steps: int) -> None:
+    """A background thread (the app) vs the foreground (the CLI), in alternating chunks.
+
+    Two identical trainers: one stepped in the main thread, one started in the background and
+    paused between its chunks while the main thread plays the app's live view (each second: a
+    ~15 ms Python/JSON job and a snapshot). Rates are wall-clock steps between logged rows, so everything
+    the thread waits for counts. Pair ratios of adjacent chunks cancel drifting machine load.
+    """
+
+    def ui_job() -> float:  # what a Streamlit rerun does between polls: Python and JSON work
+        t0 = time.perf_counter()
+        json.dumps([{"x": i, "y": i * 0.5} for i in range(20_000)])
+        return (time.perf_counter() - t0) * 1e3
+
+    idle = sorted(ui_job() for _ in range(30))
+    marks: dict[str, list[tuple[int, float]]] = {"fg": [], "bg": []}
+
+    def make(key):
+        t = _trainer(text, tok, "nanogpt-cpu", max_steps=10**9, eval_interval=10**9, sample_tokens=0,
+                     log_interval=5)
+        t.on_step.append(lambda row: marks[key].append((row["step"], time.perf_counter())))
+        return t
+
+    fg, bg = make("fg"), make("bg")
+    fg.configure_threads()
+
+    def rate(key, since):
+        pts = [(s, t) for s, t in marks[key] if s > since]
+        (s0, t0), (s1, t1) = pts[0], pts[-1]
+        return (s1 - s0) * fg.config.batch_size * fg.model.config.block_size / (t1 - t0)
+
+    busy, pairs, fg_rates, bg_rates = [], [], [], []
+    bg.start()
+    bg.pause(wait=True)
+    for r in range(rounds + 1):
+        start = fg.step_count
+        for _ in range(steps):
+            fg.step()
+        start_bg = bg.step_count
+        bg.resume()
+        while bg.step_count < start_bg + steps:
+            t0 = time.perf_counter()
+            busy.append(ui_job())
+            bg.snapshot(weights=False)  # what app/views/train.py polls, once a second (POLL_S)
+            time.sleep(max(0.0, POLL_S - (time.perf_counter() - t0)))
+        bg.pause(wait=True)
+        if r == 0:
+            continue  # warm-up round
+        f, b = rate("fg", start), rate("bg", start_bg)
+        fg_rates.append(f)
+        bg_rates.append(b)
+        pairs.append(b / f)
+    bg.stop()
+    busy.sort()
+    ratio = statistics.median(pairs)
+    emit("thread_vs_foreground", foreground_tokens_per_s=round(statistics.median(fg_rates)),
+         thread_tokens_per_s=round(statistics.median(bg_rates)), ratio=round(ratio, 3),
+         pair_ratios=[round(x, 3) for x in pairs], threads=torch.get_num_threads(), cores=available_cores(),
+         ui_job_ms_idle_p50=round(idle[len(idle) // 2], 1),
+         ui_job_ms_training_p50=round(busy[len(busy) // 2], 1),
+         ui_job_ms_training_p95=round(busy[int(len(busy) * 0.95)], 1), target=0.9, ok=ratio >= 0.9)
+
+
+def bench_preset(text, tok, preset: str, metric: str, target: float, **over) -> None:
+    t = _trainer(text, tok, preset, sample_tokens=0, **over)
+    t0 = time.perf_counter()
+    status = t.run()
+    wall = time.perf_counter() - t0
+    h = t.history
+    val = float(h["val_loss"].dropna().iloc[-1])
+    emit(metric, val_loss=round(val, 4), steps=t.step_count, status=status, reason=t.reason,
+         wall_s=round(wall, 1), train_s=round(t.elapsed_s, 1),
+         tokens_per_s=round(float(h["tokens_per_s"].median())), threads=t.num_threads,
+         target=target, ok=val <= target)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=",".join(PARTS),
+                    help=f"comma-separated parts to run: {', '.join(PARTS)}")
+    ap.add_argument("--rounds", type=int, default=10, help="rounds of the ratio part (median of pair ratios)")
+    ap.add_argument("--steps", type=int, default=30, help="steps per side per round of the ratio part")
+    args = ap.parse_args()
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    bad = [p for p in parts if p not in PARTS]
+    if bad:
+        sys.exit(f"bench_train.py: unknown part(s) {bad}; choose from {', '.join(PARTS)}")
+    text = _text()
+    tok = CharTokenizer.train(text)
+    emit("environment", torch=torch.__version__, cores=available_cores(), machine=platform.machine(),
+         load_avg=[round(x, 2) for x in os.getloadavg()])
+    if "ratio" in parts:
+        bench_ratio(text, tok, args.rounds, args.steps)
+    if "thread" in parts:
+        bench_thread(text, tok, rounds=6, steps=100)
+    if "nanogpt" in parts:
+        bench_preset(text, tok, "nanogpt-cpu", "nanogpt_cpu", 1.89)
+    if "quick" in parts:
+        bench_preset(text, tok, "quick", "quick", 1.80)
+
+
+if __name__ == "__main__":
+    main()

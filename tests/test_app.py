@@ -1,0 +1,419 @@
+"""The Streamlit app under AppTest: every page renders, the main controls act, bad input is a
+message (never a traceback) and loses nothing.
+
+The shipped default model (assets/default) is used when it loads; otherwise a tiny run is
+trained into a temporary folder and named by ``LM_LENS_DEFAULT_MODEL``. Runs started by the
+tests go to a temporary ``LM_LENS_RUNS_DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+import lm_core
+from lm_core import runs as lm_runs
+from lm_core.corpora import load_corpus
+from lm_core.tokenizers import CharTokenizer
+from lm_core.train import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN = str(ROOT / "app" / "main.py")
+PAGES = ["views/train.py", "views/attention.py", "views/generate.py", "views/embeddings.py", "views/mechanics.py"]
+TIMEOUT = 60
+
+
+def make_tiny_run(path: Path, steps: int = 30) -> Path:
+    """A real (tiny) run folder, trained by lm_core in a few seconds."""
+    text = load_corpus("builtin:python-docs")[:60_000]
+    tok = CharTokenizer.train(text)
+    torch.manual_seed(0)
+    cfg = lm_core.ModelConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)
+    tc = lm_core.TrainConfig(batch_size=4, max_steps=steps, eval_interval=10, eval_iters=2, log_interval=5,
+                             warmup_steps=2, checkpoint_interval=10, sample_tokens=20)
+    Trainer(lm_core.GPT(cfg), tok, text, tc, run_dir=path, corpus="builtin:python-docs").run()
+    return path
+
+
+@pytest.fixture(scope="session")
+def default_model_dir(tmp_path_factory) -> Path:
+    shipped = ROOT / "assets" / "default"
+    try:
+        lm_runs.load_run(shipped)
+        return shipped
+    except ValueError:
+        return make_tiny_run(tmp_path_factory.mktemp("default") / "run")
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path, default_model_dir):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    monkeypatch.setenv("LM_LENS_DEFAULT_MODEL", str(default_model_dir))
+    monkeypatch.setenv("LM_LENS_RUNS_DIR", str(runs))
+    monkeypatch.setenv("LM_LENS_CACHE", str(tmp_path / "cache"))
+    yield runs
+    from app import resources
+
+    resources.registry().stop_all()
+
+
+def app() -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+    at.run()
+    return at
+
+
+def charts(at: AppTest) -> dict[str, dict]:
+    """Plotly charts on the page by widget key -> figure JSON."""
+    out = {}
+    for el in at.get("plotly_chart"):
+        key = el.proto.id.split("-", 2)[-1]
+        out[key] = json.loads(el.proto.spec)
+    return out
+
+
+def no_problem(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+# -- every page ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_with_the_default_model(env, page):
+    at = app()
+    at.switch_page(page).run()
+    no_problem(at)
+    assert at.title[0].value in {"Train", "Attention", "Generate", "Embeddings", "Mechanics"}
+    if page != "views/generate.py":  # Generate shows charts once something is generated
+        assert charts(at), "the page drew no figure"
+    assert at.sidebar.selectbox(key="model_choice").value == "default"
+
+
+def test_every_figure_has_a_caption_and_downloads(env):
+    at = app()
+    for page in PAGES:
+        at.switch_page(page).run()
+        if page == "views/generate.py":
+            at.button(key="gen_btn_next").click().run()
+        keys = list(charts(at))
+        assert len(at.caption) >= len(keys), page
+        downloads = {el.proto.id.split("-", 2)[-1] for el in at.get("download_button")}
+        for key in keys:  # PNG and HTML next to every figure
+            assert {f"{key}__png", f"{key}__html"} <= downloads, (page, key)
+        assert any(d.endswith("csv") for d in downloads), page  # and at least one table as CSV
+
+
+# -- attention ----------------------------------------------------------------------------------
+
+
+def test_attention_new_text_redraws_the_heatmaps(env):
+    at = app()
+    before = charts(at)["attn_one"]["data"][0]
+    at.text_area(key="inspect_text").set_value("abcabc abcabc").run()
+    no_problem(at)
+    after = charts(at)
+    heat = after["attn_one"]["data"][0]
+    assert heat["y"] != before["y"]
+    assert heat["y"][:3] == ["0·a", "1·b", "2·c"] and len(heat["y"]) == len(set(heat["y"])) == 13
+    assert {"attn_one", "attn_overview", "attn_grid", "attn_query_all"} <= set(after)
+
+
+def test_attention_head_choice_and_overview_click_state(env):
+    at = app()
+    at.selectbox(key="attn_layer").set_value(1).run()
+    at.selectbox(key="attn_head").set_value(1).run()
+    no_problem(at)
+    assert charts(at)["attn_one"]["layout"]["title"]["text"] == "Layer 1, head 1"
+    at.radio(key="attn_metric").set_value("previous_token").run()
+    assert "previous token" in charts(at)["attn_overview"]["layout"]["title"]["text"]
+
+
+def test_attention_empty_text_is_an_error_and_text_is_kept(env):
+    at = app()
+    at.text_area(key="inspect_text").set_value("   \n ").run()
+    assert not at.exception
+    assert at.error and "empty" in at.error[0].value
+    assert at.session_state["inspect_text"] == "   \n "
+
+
+def test_attention_long_text_says_what_was_cut(env, default_model_dir):
+    block = lm_runs.load_run_config(default_model_dir).model.block_size
+    at = app()
+    at.text_area(key="inspect_text").set_value("x" * (block + 40)).run()
+    no_problem(at)
+    assert any("cut" in w.value and "40 tokens" in w.value for w in at.warning)
+    assert len(charts(at)["attn_one"]["data"][0]["y"]) == block
+
+
+def test_text_survives_page_switches(env):
+    at = app()
+    at.text_area(key="inspect_text").set_value("hello hello").run()
+    at.switch_page("views/generate.py").run()
+    at.switch_page("views/attention.py").run()
+    assert at.text_area(key="inspect_text").value == "hello hello"
+
+
+# -- generate ------------------------------------------------------------------------------------
+
+
+def test_next_token_adds_one_step_each_press(env):
+    at = app()
+    at.switch_page("views/generate.py").run()
+    at.text_area(key="gen_prompt").set_value("def ").run()
+    for n in (1, 2, 3):
+        at.button(key="gen_btn_next").click().run()
+        no_problem(at)
+        assert len(at.session_state["gen_trace"].steps) == n
+    c = charts(at)
+    assert {"gen_candidates", "gen_attn_row", "gen_growing", "gen_conf"} <= set(c)
+    assert len(c["gen_growing"]["data"][0]["y"]) == 3  # one row per step
+
+
+def test_generate_is_reproducible_and_equals_next_token_presses(env):
+    at = app()
+    at.switch_page("views/generate.py").run()
+    at.number_input(key="gen_max_new").set_value(5).run()
+    at.button(key="gen_btn_generate").click().run()
+    no_problem(at)
+    all_at_once = [s.token_id for s in at.session_state["gen_trace"].steps]
+    assert len(all_at_once) == 5
+    at.button(key="gen_btn_clear").click().run()
+    for _ in range(5):
+        at.button(key="gen_btn_next").click().run()
+    assert [s.token_id for s in at.session_state["gen_trace"].steps] == all_at_once
+
+
+def test_branch_from_another_candidate(env):
+    at = app()
+    at.switch_page("views/generate.py").run()
+    at.number_input(key="gen_max_new").set_value(6).run()
+    at.button(key="gen_btn_generate").click().run()
+    at.slider(key="gen_scrub").set_value(3).run()
+    old = at.session_state["gen_trace"]
+    pick = at.selectbox(key="gen_branch_pick").value
+    at.button(key="gen_btn_branch").click().run()
+    no_problem(at)
+    new = at.session_state["gen_trace"]
+    assert new.steps[2].token_id == int(old.steps[2].top_ids[pick]) != old.steps[2].token_id
+    assert new.steps[2].branched and [s.token_id for s in new.steps[:2]] == [s.token_id for s in old.steps[:2]]
+    assert len(new.steps) == 6 and "Branched at step 3" in new.branch_note
+
+
+def test_generate_bad_input(env):
+    at = app()
+    at.switch_page("views/generate.py").run()
+    at.text_area(key="gen_prompt").set_value("  ").run()
+    at.button(key="gen_btn_generate").click().run()
+    assert not at.exception and "empty" in at.error[0].value
+    assert at.session_state["gen_prompt"] == "  "
+
+
+# -- embeddings and mechanics -----------------------------------------------------------------------
+
+
+def test_embeddings_page_figures(env, default_model_dir):
+    at = app()
+    at.switch_page("views/embeddings.py").run()
+    no_problem(at)
+    c = charts(at)
+    assert {"emb_pca2", "emb_pca3", "emb_nn", "emb_pos", "emb_resid"} <= set(c)
+    # a character model: every token of the vocabulary is a labelled point
+    assert len(c["emb_pca2"]["data"][0]["text"]) == lm_runs.load_run_config(default_model_dir).model.vocab_size
+    at.selectbox(key="emb_token").set_value(3).run()
+    assert "Closest to" in charts(at)["emb_nn"]["layout"]["title"]["text"]
+
+
+def test_mechanics_walkthrough_and_training_loop(env):
+    at = app()
+    at.switch_page("views/mechanics.py").run()
+    no_problem(at)
+    c = charts(at)
+    for key in ("mech_q", "mech_k", "mech_v", "mech_scaled", "mech_masked", "mech_pattern", "mech_z",
+                "mech_attn_out", "mech_mlp_out", "mech_logits", "mech_probs"):
+        assert key in c, key
+    assert {"mech_loss", "mech_grad", "mech_update"} <= set(c)  # the default model's own run history
+    at.text_input(key="mech_text").set_value("").run()
+    assert not at.exception and at.error
+
+
+# -- train ------------------------------------------------------------------------------------------
+
+
+def _tiny_settings(at: AppTest) -> None:
+    at.number_input(key="train_n_layer").set_value(1)
+    at.number_input(key="train_n_head").set_value(2)
+    at.number_input(key="train_n_embd").set_value(16)
+    at.number_input(key="train_block_size").set_value(16)
+    at.number_input(key="train_batch_size").set_value(2)
+    at.number_input(key="train_steps").set_value(100_000)
+    at.run()
+
+
+def _wait_for(pred, timeout=30.0):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_start_pause_resume_stop_changes_state(env):
+    from app import resources
+
+    at = app()
+    at.switch_page("views/train.py").run()
+    no_problem(at)
+    _tiny_settings(at)
+    no_problem(at)
+    assert any(m.label == "Parameters" for m in at.metric)
+    at.button(key="train_btn_start").click().run()
+    no_problem(at)
+    reg = resources.registry()
+    job = reg.active_job()
+    assert job is not None and job.status == "running"
+    assert job.model_config.n_layer == 1 and job.train_config.max_seconds == 30 * 60
+    assert at.button(key="train_btn_start").disabled  # a second start is impossible from the UI
+    assert _wait_for(lambda: len(job.trainer.history) >= 1)
+    at.run()  # the live view shows the run
+    assert {"train_loss_chart", "train_grad_chart", "train_update_chart"} <= set(charts(at))
+
+    at.button(key="train_btn_pause").click().run()
+    assert job.status == "paused"
+    at.button(key="train_btn_resume").click().run()
+    assert job.status == "running"
+
+    # a second tab (a new session) reattaches to the same run instead of starting one
+    other = app()
+    other.switch_page("views/train.py").run()
+    assert other.button(key="train_btn_start").disabled
+    assert any(job.run_id in i.value for i in other.info)
+
+    # the run being trained can be inspected from any page
+    at.sidebar.selectbox(key="model_choice").set_value(f"live:{job.run_id}").run()
+    at.switch_page("views/attention.py").run()
+    no_problem(at)
+    assert "live" in at.sidebar.selectbox(key="model_choice").value
+    assert any("1 layers" in c.value for c in at.sidebar.caption)
+    assert charts(at)["attn_one"]
+    at.switch_page("views/train.py").run()
+
+    at.button(key="train_btn_stop").click().run()
+    no_problem(at)
+    assert job.status == "stopped"
+    assert (env / job.run_id / "config.json").exists()
+    assert lm_runs.load_run(env / job.run_id).status == "stopped"
+    at.run()
+    picker = at.sidebar.selectbox(key="model_choice")
+    assert any(job.run_id in str(o) for o in picker.options)  # the saved run is listed
+    # the ended live run is followed to its run folder
+    assert at.session_state["model_choice"] == f"run:{(env / job.run_id).resolve()}"
+
+
+def test_registry_never_starts_two_runs(env):
+    from app import resources
+    from app.training import AlreadyTraining
+
+    at = app()
+    at.switch_page("views/train.py").run()
+    _tiny_settings(at)
+    at.button(key="train_btn_start").click().run()
+    reg = resources.registry()
+    job = reg.active_job()
+    with pytest.raises(AlreadyTraining):
+        reg.start("another", lambda: pytest.fail("must not build a second run"))
+    job.trainer.stop()
+
+
+def test_settings_that_do_not_fit_are_refused(env):
+    at = app()
+    at.switch_page("views/train.py").run()
+    at.number_input(key="train_n_embd").set_value(30)
+    at.number_input(key="train_n_head").set_value(4)
+    at.run()
+    assert not at.exception
+    assert any("divisible" in e.value for e in at.error)
+    assert at.button(key="train_btn_start").disabled
+
+
+def test_paste_empty_text_keeps_the_loaded_corpus(env):
+    at = app()
+    at.switch_page("views/train.py").run()
+    before = at.session_state["train_corpus"]
+    at.radio(key="train_source").set_value("Paste text").run()
+    at.text_area(key="train_paste").set_value("   ").run()
+    at.button(key="train_btn_paste").click().run()
+    assert not at.exception and "empty" in at.error[0].value
+    assert at.session_state["train_corpus"] is before
+
+
+def test_text_shorter_than_the_context_is_refused_at_start(env):
+    at = app()
+    at.switch_page("views/train.py").run()
+    at.radio(key="train_source").set_value("Paste text").run()
+    at.text_area(key="train_paste").set_value("a short text " * 5).run()
+    at.button(key="train_btn_paste").click().run()
+    no_problem(at)
+    at.button(key="train_btn_start").click().run()
+    assert not at.exception
+    assert at.error and "Start training again" in at.error[0].value
+    assert not any(env.iterdir())  # no half-made run folder is left behind
+
+
+def test_download_without_network_is_an_error(env, monkeypatch):
+    monkeypatch.delenv("LM_LENS_TINY_SHAKESPEARE", raising=False)
+    monkeypatch.setenv("LM_LENS_TINY_SHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")
+    at = app()
+    at.switch_page("views/train.py").run()
+    at.radio(key="train_source").set_value("Tiny Shakespeare").run()
+    at.button(key="train_btn_download").click().run()
+    assert not at.exception
+    assert at.error and "kept" in at.error[0].value
+
+
+def test_synthetic_corpus_and_bpe_tokenizer_stats(env):
+    at = app()
+    at.switch_page("views/train.py").run()
+    at.radio(key="train_source").set_value("Synthetic task").run()
+    no_problem(at)
+    assert at.session_state["train_corpus"].spec.startswith("synthetic:")
+    at.radio(key="train_tokenizer").set_value("bpe").run()
+    no_problem(at)
+    tpc = [m for m in at.metric if m.label == "Tokens per character"][0]
+    assert float(tpc.value) < 1.0
+
+
+# -- the model picker -------------------------------------------------------------------------------
+
+
+def test_a_run_folder_that_fails_to_load_is_an_error_not_a_crash(env, default_model_dir):
+    bad = env / "broken"
+    shutil.copytree(default_model_dir, bad)
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    at = app()
+    at.session_state["model_choice"] = f"run:{bad.resolve()}"
+    at.run()
+    assert not at.exception
+    assert any("could not be loaded" in e.value for e in at.sidebar.error)
+    assert charts(at)  # the default model stands in; the page still works
+
+
+def test_a_good_run_folder_can_be_picked(env):
+    make_tiny_run(env / "mine", steps=10)
+    at = app()
+    picker = at.sidebar.selectbox(key="model_choice")
+    assert "mine (finished · step 10)" in picker.options  # labels shown to the user
+    picker.set_value(f"run:{(env / 'mine').resolve()}").run()
+    no_problem(at)
+    assert at.session_state["model_choice"].endswith("/mine")
+    assert any("2 layers" in c.value for c in at.sidebar.caption)
+    assert charts(at)

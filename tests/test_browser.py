@@ -1,0 +1,273 @@
+"""The real app in a real browser: ``streamlit run app/main.py`` driven by Playwright + Chromium.
+
+Opens every page (no exception box), trains a model and watches the live view change, types
+into ``Text to inspect`` and sees the heatmaps change, presses ``Next token`` three times, and
+uploads a binary file. Saves a screenshot of each page to ``docs/screenshots/`` (the README
+shows them). Needs Debian's Chromium at /usr/bin/chromium: without it the test skips, except
+under ``CI`` where that is a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-dev-shm-usage"]
+
+
+def _need_browser():
+    why = None
+    if not Path(CHROMIUM).exists():
+        why = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium; .ci/run does it)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            why = "playwright is not installed (pip install -r requirements-dev.txt)"
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser test cannot run under CI: {why}")
+        pytest.skip(why)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(env_extra: dict[str, str], port: int | None = None):
+    """``streamlit run app/main.py`` on a free port; yields the base URL; always killed."""
+    port = port or free_port()
+    env = {**os.environ, **env_extra}
+    cmd = [str(Path(sys.executable).with_name("streamlit")), "run", "app/main.py",
+           "--server.headless", "true", "--server.fileWatcherType", "none", "--server.port", str(port),
+           "--server.address", "127.0.0.1", "--client.showErrorDetails", "full",
+           "--browser.gatherUsageStats", "false"]
+    log = open(env_extra.get("LM_LENS_SERVER_LOG", os.devnull), "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.time()
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with code {proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if time.time() - t0 > 60:
+                raise RuntimeError("streamlit did not come up within 60 s")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        log.close()
+
+
+@contextlib.contextmanager
+def browser_page(width: int = 1400, height: int = 1000):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(30_000)
+            yield page
+        finally:
+            browser.close()
+
+
+# -- page helpers (shared with bench/bench_ui.py) ----------------------------------------------------
+
+
+def wait_idle(page, timeout: float = 30.0) -> None:
+    """Wait until Streamlit reports no script run in progress."""
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]') || "
+        "!document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
+        timeout=timeout * 1000)
+
+
+def open_page(page, url: str, charts: bool = True) -> None:
+    """Go to ``url`` and wait until the page has drawn (its charts, when it has any)."""
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector('[data-testid="stSidebar"]')
+    page.wait_for_selector(".js-plotly-plot" if charts else "[data-testid='stMainBlockContainer'] h1",
+                           timeout=60_000)
+    settle(page)
+
+
+def settle(page, quiet_ms: int = 600, timeout: float = 30.0) -> None:
+    """Wait until no script runs and the number of drawn charts stops changing."""
+    wait_idle(page, timeout)
+    last, t0, stable_since = -1, time.time(), time.time()
+    while time.time() - t0 < timeout:
+        n = page.locator(".js-plotly-plot .main-svg").count()
+        if n != last:
+            last, stable_since = n, time.time()
+        elif (time.time() - stable_since) * 1000 >= quiet_ms:
+            return
+        time.sleep(0.1)
+
+
+def plot_y(page, index: int = 0):
+    """The y categories of the first trace of the index-th Plotly chart on the page."""
+    return page.evaluate(
+        "(i) => { const p = document.querySelectorAll('.js-plotly-plot')[i]; "
+        "return p && p.data ? JSON.stringify(p.data[0].y) : null; }", index)
+
+
+def shoot(page, path: Path) -> None:
+    """Screenshot of the whole page: Streamlit scrolls inside its main block, so the viewport is
+    made as tall as the content first."""
+    size = page.viewport_size
+    h = page.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]') || document.body; "
+                      "return Math.max(m.scrollHeight, document.body.scrollHeight); }")
+    page.set_viewport_size({"width": size["width"], "height": int(min(max(h, size["height"]), 6000))})
+    settle(page, quiet_ms=400)
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(size)
+
+
+def click_cell(page, plot_index: int, x: float, y: float) -> None:
+    """Click the point at data coordinates (x, y) of the plot_index-th Plotly chart."""
+    pos = page.evaluate(
+        """([i, x, y]) => { const p = document.querySelectorAll('.js-plotly-plot')[i];
+            const fl = p._fullLayout, r = p.getBoundingClientRect();
+            return [fl.xaxis.l2p(x) + fl.xaxis._offset + r.left, fl.yaxis.l2p(y) + fl.yaxis._offset + r.top]; }""",
+        [plot_index, x, y])
+    page.mouse.move(*pos)
+    page.mouse.click(*pos)
+
+
+def exceptions(page) -> list[str]:
+    return page.locator('[data-testid="stException"]').all_inner_texts()
+
+
+def progress_text(page) -> str:
+    loc = page.locator('[data-testid="stProgress"]')
+    return loc.first.inner_text() if loc.count() else ""
+
+
+def commit_text_area(page, label: str, text: str) -> None:
+    box = page.get_by_role("textbox", name=label, exact=True)
+    box.fill(text)
+    box.press("Control+Enter")
+
+
+# -- the test ------------------------------------------------------------------------------------------
+
+
+def test_app_in_chromium(tmp_path):
+    _need_browser()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    env = {"LM_LENS_RUNS_DIR": str(tmp_path / "runs"), "LM_LENS_CACHE": str(tmp_path / "cache"),
+           "LM_LENS_SERVER_LOG": str(tmp_path / "server.log")}
+    with streamlit_server(env) as url, browser_page() as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+
+        # every page opens without an exception box
+        for name in ("attention", "generate", "embeddings", "mechanics", "train"):
+            open_page(page, f"{url}/{'' if name == 'attention' else name}", charts=name not in ("generate", "train"))
+            assert not exceptions(page), (name, exceptions(page))
+            if name != "train":
+                shoot(page, SHOTS / f"{name}.png")
+
+        # Train: start, see the live view change twice, stop
+        page.get_by_text("Advanced settings").click()
+        for label, value in (("Layers", "2"), ("Width (n_embd)", "64"), ("Context (block size)", "64"),
+                             ("Batch size", "8")):
+            box = page.get_by_label(label, exact=True)
+            box.fill(value)
+            box.press("Enter")
+            wait_idle(page)
+        page.get_by_role("button", name="Start training").click()
+        page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stProgress\"]')]"
+                               ".some(e => e.innerText.includes('running'))", timeout=60_000)
+        seen = [progress_text(page)]
+        t0 = time.time()
+        while len(set(seen)) < 3 and time.time() - t0 < 60:
+            time.sleep(0.5)
+            seen.append(progress_text(page))
+        assert len(set(seen)) >= 3, f"the live view did not change twice without a click: {seen}"
+        page.wait_for_selector(".js-plotly-plot")
+        settle(page, quiet_ms=300)
+        shoot(page, SHOTS / "train.png")
+        assert not exceptions(page)
+        page.get_by_role("button", name="Stop").click()
+        page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stProgress\"]')]"
+                               ".some(e => e.innerText.includes('stopped'))", timeout=60_000)
+        assert not exceptions(page)
+
+        # an uploaded binary file is refused with a message
+        page.get_by_text("Set up a new run").click() if page.get_by_text("Upload a .txt").count() == 0 else None
+        page.get_by_text("Upload a .txt").click()
+        wait_idle(page)
+        page.locator("input[type=file]").set_input_files(
+            files=[{"name": "bad.txt", "mimeType": "text/plain", "buffer": b"\x00\x01binary\x00"}])
+        page.wait_for_selector("[data-testid='stAlert']:has-text('binary')", timeout=30_000)
+        assert not exceptions(page)
+
+        # Attention: new text redraws the heatmaps
+        open_page(page, url)
+        before = plot_y(page)
+        commit_text_area(page, "Text to inspect", "abcabcabc xyzxyz")
+        page.wait_for_function("() => { const p = document.querySelector('.js-plotly-plot'); "
+                               "return p && p.data && JSON.stringify(p.data[0].y).includes('\"0·a\"'); }",
+                               timeout=15_000)
+        assert plot_y(page) != before
+        assert "0·a" in plot_y(page)
+        # figures download as PNG and HTML, tables as CSV
+        for label, suffix in (("PNG", ".png"), ("HTML", ".html"), ("Head scores CSV", ".csv")):
+            with page.expect_download(timeout=60_000) as dl:
+                page.get_by_role("button", name=label).first.click()
+            path = dl.value.path()
+            assert dl.value.suggested_filename.endswith(suffix) and Path(path).stat().st_size > 100, label
+        # clicking a cell of the layers × heads overview opens that head
+        settle(page)
+        click_cell(page, 1, x=1, y=1)  # head 1 of layer 1
+        page.wait_for_function("() => document.querySelector('.js-plotly-plot').layout.title.text"
+                               ".includes('Layer 1, head 1')", timeout=15_000)
+        assert not exceptions(page)
+
+        # Generate: Next token three times
+        open_page(page, f"{url}/generate", charts=False)
+        for n in (1, 2, 3):
+            page.get_by_role("button", name="Next token").click()
+            page.wait_for_function(f"() => document.querySelectorAll('.lm-gen').length === {n}", timeout=30_000)
+        page.wait_for_selector(".js-plotly-plot")
+        settle(page)
+        shoot(page, SHOTS / "generate.png")
+        # clicking another candidate branches: the chosen token is marked, generation goes on from it
+        bar = page.locator(".js-plotly-plot").first.locator(".barlayer .trace").nth(0).locator(".point").nth(1)
+        box = bar.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.wait_for_function("() => [...document.querySelectorAll('.lm-gen')].some(e => "
+                               "e.getAttribute('style').includes('fde2d8'))", timeout=30_000)
+        assert not exceptions(page)
+        assert not errors, errors

@@ -1,0 +1,146 @@
+"""``python -m lm_core``: exact resume after SIGKILL, one-line errors, sampling, presets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lm_core import TrainConfig
+from lm_core.cli import main
+from lm_core.corpora import load_corpus
+from lm_core.presets import PRESETS, preset_configs
+from lm_core.runs import RESUME_FILE, load_run, read_safetensors
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--block-size", "32", "--batch-size", "8",
+         "--dropout", "0.1", "--eval-interval", "100", "--eval-iters", "2", "--log-interval", "10",
+         "--checkpoint-interval", "50", "--sample-tokens", "16", "--num-threads", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> str:
+    p = tmp_path_factory.mktemp("corpus") / "docs.txt"
+    p.write_text(load_corpus("builtin:python-docs")[:60_000], encoding="utf-8")
+    return str(p)
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "lm_core", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _checkpoint_step(run_dir: Path) -> int:
+    try:
+        return int(read_safetensors(run_dir / RESUME_FILE)[1]["step"])
+    except ValueError:
+        return -1
+
+
+def test_sigkill_then_resume_ends_like_an_uninterrupted_run(corpus, tmp_path):
+    common = ["train", "--corpus", corpus, *SMALL, "--max-steps", "400"]
+    full = _cli(*common, "--out", str(tmp_path / "full"))
+    killed = _cli(*common, "--out", str(tmp_path / "killed"))
+    t0 = time.monotonic()
+    while _checkpoint_step(tmp_path / "killed") < 100:        # a checkpoint past the first ones
+        assert killed.poll() is None, killed.communicate()
+        assert time.monotonic() - t0 < 120
+        time.sleep(0.005)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    assert 100 <= _checkpoint_step(tmp_path / "killed") < 400
+    assert full.wait(timeout=180) == 0, full.communicate()
+
+    resumed = _cli("train", "--out", str(tmp_path / "killed"), "--resume", "--quiet")
+    out, err = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, err
+    a, b = load_run(tmp_path / "full"), load_run(tmp_path / "killed")
+    assert b.status == "finished" and b.step == 400
+    assert b.history["step"].tolist() == list(range(10, 401, 10)) == a.history["step"].tolist()
+    assert abs(b.history["train_loss"].iloc[-1] - a.history["train_loss"].iloc[-1]) < 1e-4
+    assert abs(b.history["val_loss"].iloc[-1] - a.history["val_loss"].iloc[-1]) < 1e-4
+    assert b.history["train_loss"].tolist() == pytest.approx(a.history["train_loss"].tolist(), abs=1e-4)
+    assert b.snapshots == a.snapshots and b.samples == a.samples
+
+
+def test_errors_are_one_line_without_traceback(corpus, tmp_path):
+    bad = _cli("train", "--out", str(tmp_path / "x"), "--corpus", corpus, "--n-embd", "30", "--n-head", "4")
+    out, err = bad.communicate(timeout=60)
+    assert bad.returncode == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert "n_embd (30) must be divisible by n_head (4)" in err
+
+
+@pytest.mark.parametrize("argv, code, words", [
+    (["train", "--out", "X", "--n-layer", "two"], 2, "--n-layer"),
+    (["train"], 2, "--out"),
+    (["train", "--out", "X", "--preset", "huge"], 2, "huge"),
+    (["fly"], 2, "fly"),
+    (["train", "--out", "X", "--corpus", "nowhere/at/all.txt"], 1, "nowhere/at/all.txt"),
+    (["train", "--out", "X", "--corpus", "{corpus}", "--lr", "-1"], 1, "learning_rate"),
+    (["train", "--out", "X", "--corpus", "{corpus}", "--tokenizer", "char", "--vocab-size", "300"], 1, "bpe"),
+    (["train", "--out", "X", "--resume"], 1, "X"),
+    (["sample", "--run", "nowhere"], 1, "nowhere"),
+])
+def test_bad_arguments_exit_non_zero_with_one_line(argv, code, words, corpus, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([a.replace("{corpus}", corpus) for a in argv]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and words in err
+
+
+def test_train_resume_refusals_and_sample(corpus, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    args = ["train", "--corpus", corpus, *SMALL, "--max-steps", "20", "--out", out]
+    assert main(args) == 0
+    assert "finished (max_steps) at step 20" in capsys.readouterr().out
+    assert main(args) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--out", out, "--resume", "--n-layer", "3"]) == 1
+    assert "n_layer" in capsys.readouterr().err
+    assert main(["train", "--out", out, "--resume", "--max-steps", "30", "--quiet"]) == 0
+    assert load_run(out).step == 30
+    assert main(args + ["--overwrite", "--no-optimizer-state"]) == 0
+    capsys.readouterr()
+    run = load_run(out)
+    assert run.step == 20 and not (Path(out) / RESUME_FILE).exists()
+    assert run.config.status["resumable"] is False
+    assert main(["sample", "--run", out, "--prompt", "The ", "--max-new-tokens", "12", "--seed", "3"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("The ") and len(text.rstrip("\n")) >= 4
+    assert main(["sample", "--run", out, "--prompt", "The ", "--max-new-tokens", "12", "--seed", "3"]) == 0
+    assert capsys.readouterr().out == text                         # seeded: the same text again
+
+
+def test_progress_lines_when_not_a_terminal(corpus, tmp_path, capsys):
+    assert main(["train", "--corpus", corpus, *[a for a in SMALL if a != "--quiet"], "--max-steps", "100",
+                 "--eval-interval", "50", "--out", str(tmp_path / "r")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(":")[0] for ln in lines[:2]] == ["step 50", "step 100"]
+    assert "val loss" in lines[0] and "tok/s" in lines[0] and "ETA" in lines[0]
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_build_valid_configs(name):
+    model, train = preset_configs(name, vocab_size=66)
+    assert isinstance(train, TrainConfig) and model.vocab_size == 66
+    assert PRESETS[name].description
+
+
+def test_preset_values_match_the_recipes():
+    m, t = preset_configs("nanogpt-cpu", 66)
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout) == (4, 4, 128, 64, 0.0)
+    assert (t.batch_size, t.learning_rate, t.max_steps, t.warmup_steps, t.min_lr) == (12, 1e-3, 2000, 100, 1e-4)
+    assert (t.eval_interval, t.eval_iters) == (250, 20)
+    m, t = preset_configs("gpu", 66)
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout, t.batch_size) == (6, 6, 384, 256, 0.2, 64)
+    m, t = preset_configs("quick", 66)
+    assert t.max_seconds == 60 and t.schedule == "time"
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_configs("huge", 66)

@@ -1,0 +1,258 @@
+"""Figure builders, without Streamlit: shapes, labels, unique categories, float32 payloads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from app import figures as F
+
+
+def _causal(T: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    s = rng.normal(size=(T, T))
+    s[np.triu_indices(T, 1)] = -np.inf
+    e = np.exp(s - s.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _history(n: int = 50, groups=("embed", "blocks.0.attn", "blocks.0.mlp", "blocks.1.attn", "blocks.1.mlp", "ln_final")):
+    steps = np.arange(1, n + 1) * 10
+    df = pd.DataFrame({"step": steps, "train_loss": np.linspace(4, 2, n), "val_loss": np.nan,
+                       "train_bpc": np.linspace(6, 3, n), "val_bpc": np.nan,
+                       "tokens_per_s": np.full(n, 5000.0)})
+    df.loc[df.index % 10 == 9, "val_loss"] = 2.5
+    df.loc[df.index % 10 == 9, "val_bpc"] = 3.5
+    for i, g in enumerate(reversed(groups)):  # columns deliberately out of order
+        df[f"grad_norm/{g}"] = 0.1 * (i + 1)
+        df[f"update_ratio/{g}"] = 1e-3 * (i + 1)
+    return df
+
+
+def _is_f32(arr) -> bool:
+    return isinstance(arr, np.ndarray) and arr.dtype == np.float32
+
+
+# -- labels and scales ---------------------------------------------------------------------------
+
+
+def test_token_labels_are_unique_for_repeated_tokens_and_show_whitespace():
+    pieces = ["a", " ", "a", "\n", "a", "␣"]
+    labels = F.token_labels(pieces)
+    assert labels == ["0·a", "1·␣", "2·a", "3·↵", "4·a", "5·␣"]
+    assert len(set(labels)) == len(labels)
+    assert F.token_labels(["x", "x"], start=7) == ["7·x", "8·x"]
+
+
+def test_candidate_labels_unique_even_when_pieces_collide():
+    labels = F.candidate_labels(["⟨unk⟩", "⟨unk⟩", "e"])
+    assert labels == ["#1 ⟨unk⟩", "#2 ⟨unk⟩", "#3 e"]
+
+
+def test_one_colour_scale_per_kind_and_unknown_kind_is_refused():
+    for kind in ("weight", "signed", "score"):
+        scale = F.colorscale(kind)
+        assert scale[0][0] == 0.0 and scale[-1][0] == 1.0
+    with pytest.raises(ValueError, match="unknown colour scale"):
+        F.colorscale("rainbow")
+
+
+def test_as_f32_accepts_torch_and_lists():
+    torch = pytest.importorskip("torch")
+    assert _is_f32(F.as_f32(torch.ones(2, 3, dtype=torch.float64)))
+    assert _is_f32(F.as_f32([[1, 2], [3, 4]]))
+
+
+# -- attention -------------------------------------------------------------------------------------
+
+
+def test_attention_heatmap_axes_hover_and_float32():
+    T = 6
+    pattern = _causal(T)
+    labels = F.token_labels(list("abcabc"))
+    fig = F.attention_heatmap(pattern, labels, title="L0 H1")
+    (hm,) = fig.data
+    assert isinstance(hm, go.Heatmap)
+    assert _is_f32(hm.z) and hm.z.shape == (T, T)
+    assert list(hm.x) == labels and list(hm.y) == labels
+    assert len(set(hm.x)) == T  # repeated tokens do not collapse
+    assert "query" in hm.hovertemplate and "key" in hm.hovertemplate and "weight" in hm.hovertemplate
+    assert (hm.zmin, hm.zmax) == (0.0, 1.0)
+    assert fig.layout.yaxis.autorange == "reversed"  # the first query at the top
+    assert fig.layout.xaxis.type == "category" and fig.layout.yaxis.type == "category"
+    # payload is a typed array, not a list of float64
+    assert '"dtype":"f4"' in fig.to_json().replace(" ", "")
+
+
+def test_attention_heatmap_rejects_mismatched_labels():
+    with pytest.raises(ValueError, match="key labels"):
+        F.attention_heatmap(_causal(4), ["a", "b"])
+
+
+def test_attention_grid_one_panel_per_head_shared_colour_axis():
+    H, T = 4, 5
+    pats = np.stack([_causal(T, s) for s in range(H)])
+    fig = F.attention_grid(pats, F.token_labels(list("hello")), layer=2, selected_head=1)
+    assert len(fig.data) == H
+    assert all(tr.coloraxis == "coloraxis" and _is_f32(tr.z) and tr.z.shape == (T, T) for tr in fig.data)
+    assert fig.layout.coloraxis.cmin == 0.0 and fig.layout.coloraxis.cmax == 1.0
+    titles = [a.text for a in fig.layout.annotations]
+    assert "<b>head 1</b>" in titles and "head 0" in titles
+    assert "L2 H3" in fig.data[3].hovertemplate
+
+
+def test_head_score_overview_has_a_clickable_point_per_cell():
+    L, H = 3, 4
+    scores = np.arange(L * H, dtype=np.float64).reshape(L, H) / 12
+    fig = F.head_score_overview(scores, "induction", selected=(1, 2), zrange=(0, 1))
+    hm, sc = fig.data
+    assert _is_f32(hm.z) and hm.z.shape == (L, H)
+    assert isinstance(sc, go.Scatter) and len(sc.x) == L * H
+    cells = {tuple(int(v) for v in cd) for cd in sc.customdata}
+    assert cells == {(l, h) for l in range(L) for h in range(H)}
+    # the point for (layer, head) sits at x=head, y=layer
+    for x, y, cd in zip(sc.x, sc.y, sc.customdata):
+        assert (int(y), int(x)) == (int(cd[0]), int(cd[1]))
+    assert fig.layout.clickmode == "event+select"
+    assert len(fig.layout.shapes) == 1  # the selected cell is outlined
+    assert fig.layout.yaxis.range[0] > fig.layout.yaxis.range[1]  # layer 0 at the top
+
+
+def test_query_attention_rows_are_layer_head_pairs():
+    L, H, T = 2, 3, 4
+    rows = np.random.default_rng(0).random((L, H, T))
+    fig = F.query_attention(rows, F.token_labels(list("abab")), "3·b", L, H)
+    (hm,) = fig.data
+    assert hm.z.shape == (L * H, T) and _is_f32(hm.z)
+    assert list(hm.y) == [f"L{l} H{h}" for l in range(L) for h in range(H)]
+    assert np.allclose(hm.z[4], rows[1, 1])
+    with pytest.raises(ValueError):
+        F.query_attention(rows, ["a"], "x", L, H)
+
+
+# -- training --------------------------------------------------------------------------------------
+
+
+def test_downsample_history_bounds_points_and_keeps_val_and_last_rows():
+    n = 10_000
+    df = pd.DataFrame({"step": np.arange(n), "train_loss": np.ones(n), "val_loss": np.nan})
+    df.loc[df.index % 500 == 7, "val_loss"] = 1.0
+    out = F.downsample_history(df, max_points=1000)
+    assert len(out) <= 1000 + df["val_loss"].notna().sum() + 1
+    assert out["step"].iloc[-1] == n - 1
+    assert out["val_loss"].notna().sum() == df["val_loss"].notna().sum()
+    small = df.iloc[:50]
+    assert F.downsample_history(small, 1000) is small
+    assert len(F.downsample_history(None)) == 0
+
+
+def test_loss_curves_val_points_marked_and_log_option():
+    h = _history()
+    fig = F.loss_curves(h)
+    train, val = fig.data
+    assert train.mode == "lines" and "markers" in val.mode
+    assert len(val.x) == h["val_loss"].notna().sum()
+    assert fig.layout.yaxis.type == "linear"
+    assert F.loss_curves(h, log_y=True).layout.yaxis.type == "log"
+    assert len(F.loss_curves(pd.DataFrame(columns=["step", "train_loss", "val_loss"])).data) == 2
+
+
+def test_throughput_chart_has_speed_and_bpc():
+    fig = F.throughput_chart(_history())
+    names = [t.name for t in fig.data]
+    assert names == ["tokens/s", "train bpc", "val bpc"]
+
+
+def test_grad_norm_heatmap_groups_in_model_order():
+    h = _history()
+    fig = F.grad_norm_heatmap(h)
+    (hm,) = fig.data
+    assert list(hm.y) == ["embed", "blocks.0.attn", "blocks.0.mlp", "blocks.1.attn", "blocks.1.mlp", "ln_final"]
+    assert hm.z.shape == (6, len(h)) and _is_f32(hm.z)
+    empty = F.grad_norm_heatmap(h[["step", "train_loss"]])
+    assert len(empty.data) == 0 and "no gradient norms" in empty.layout.annotations[0].text
+
+
+def test_update_ratio_chart_one_line_per_group_log_scale():
+    fig = F.update_ratio_chart(_history())
+    assert len(fig.data) == 6 and fig.layout.yaxis.type == "log"
+    assert [t.name for t in fig.data][0] == "embed"
+
+
+# -- generation ------------------------------------------------------------------------------------
+
+
+def test_candidates_bar_before_after_and_drawn_highlight():
+    fig = F.candidates_bar(["e", "a", "e"], [0.5, 0.3, 0.1], [0.6, 0.4, 0.0], drawn=1)
+    before, after = fig.data
+    assert list(before.y) == ["#1 e", "#2 a", "#3 e"] and len(set(before.y)) == 3
+    assert _is_f32(before.x) and _is_f32(after.x)
+    assert after.marker.color[1] == F.ACCENT and after.marker.color[0] != F.ACCENT
+    assert list(after.customdata) == [0, 1, 2]
+    assert fig.layout.clickmode == "event+select"
+
+
+def test_growing_attention_places_rows_at_their_context_window():
+    rows = [np.array([0.5, 0.5]), np.array([0.2, 0.3, 0.5]), np.array([1.0, 0.0, 0.0])]
+    starts = [0, 0, 1]
+    labels = F.token_labels(list("abcd"))
+    fig = F.growing_attention(rows, starts, labels, ["step 1: c", "step 2: d", "step 3: e"], "L0 H0")
+    z = fig.data[0].z
+    assert z.shape == (3, 4) and _is_f32(z)
+    assert np.isnan(z[0, 2:]).all() and np.allclose(z[0, :2], 0.5)
+    assert np.isnan(z[2, 0]) and z[2, 1] == 1.0
+    with pytest.raises(ValueError):
+        F.growing_attention(rows, starts[:2], labels, ["a"], "h")
+
+
+def test_prob_entropy_chart_two_axes():
+    fig = F.prob_entropy_chart(["1·a", "2·b"], [0.5, 0.9], [2.0, 0.3], current=1)
+    assert len(fig.data) == 2 and fig.data[1].yaxis == "y2"
+
+
+# -- embeddings and mechanics ----------------------------------------------------------------------
+
+
+def test_embedding_scatter_2d_and_3d_label_every_point():
+    pieces = [chr(97 + i) for i in range(10)] + [" "]
+    c3 = np.random.default_rng(0).normal(size=(11, 3))
+    f2 = F.embedding_scatter(c3[:, :2], pieces, "2d", highlight=[0])
+    assert isinstance(f2.data[0], go.Scatter) and list(f2.data[0].text)[-1] == "␣"
+    assert "text" in f2.data[0].mode and f2.data[0].marker.color[0] == F.ACCENT
+    f3 = F.embedding_scatter(c3, pieces, "3d")
+    assert isinstance(f3.data[0], go.Scatter3d) and len(f3.data[0].x) == 11
+    with pytest.raises(ValueError):
+        F.embedding_scatter(np.zeros((3, 4)), ["a", "b", "c"], "bad")
+
+
+def test_neighbours_similarity_residual_matrix_and_bars():
+    nb = F.neighbours_bar(["a", "a"], [0.9, 0.8], "near")
+    assert list(nb.data[0].y) == ["#1 a", "#2 a"]
+    sim = F.similarity_heatmap(np.eye(5), "pos")
+    assert sim.data[0].zmin == -1 and sim.data[0].zmax == 1 and sim.data[0].z.shape == (5, 5)
+    rn = F.residual_norms(np.ones((3, 4)), ["embeddings", "after block 0", "after block 1"], F.token_labels("abab"))
+    assert rn.data[0].z.shape == (3, 4) and len(set(rn.data[0].x)) == 4
+    masked = np.array([[1.0, -np.inf], [0.5, -2.0]])
+    mh = F.matrix_heatmap(masked, ["0·a", "1·b"], ["0·a", "1·b"], "scores")
+    assert np.isnan(mh.data[0].z[0, 1]) and mh.data[0].zmin == -2.0 and mh.data[0].zmax == 2.0
+    with pytest.raises(ValueError):
+        F.matrix_heatmap(np.zeros((2, 3)), ["a"], ["x"], "bad")
+    vb = F.vector_bar([0.1, 0.9], ["#1 a", "#2 b"], "p", highlight=1)
+    assert vb.data[0].marker.color[1] == F.ACCENT
+    gb = F.group_bar(["embed", "ln_final"], [1e-3, 2e-3], "ratio", "r", log_y=True, reference=1e-3)
+    assert gb.layout.yaxis.type == "log" and len(gb.layout.shapes) == 1
+
+
+def test_every_builder_returns_serialisable_figure():
+    figs = [
+        F.attention_heatmap(_causal(3), ["0·a", "1·b", "2·c"]),
+        F.loss_curves(_history()),
+        F.grad_norm_heatmap(_history()),
+        F.candidates_bar(["a"], [1.0], [1.0], 0),
+    ]
+    for f in figs:
+        json.loads(f.to_json())

@@ -1,0 +1,316 @@
+"""Trainer: config validation, the optimisation maths, metrics, background control, failures."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import pytest
+import torch
+
+from lm_core import GPT, ModelConfig, TrainConfig
+from lm_core.corpora import load_corpus
+from lm_core.runs import load_run
+from lm_core.tokenizers import CharTokenizer
+from lm_core.train import Trainer, layer_groups, resolve_device
+
+torch.set_num_threads(1)
+
+TEXT = load_corpus("builtin:python-docs")[:20_000]
+TOK = CharTokenizer.train(TEXT)
+TINY = ModelConfig(vocab_size=TOK.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+
+
+def tiny_trainer(run_dir=None, model_cfg: ModelConfig = TINY, *, on_step=None, on_end=None,
+                 **train) -> Trainer:
+    torch.manual_seed(0)
+    defaults = dict(batch_size=4, max_steps=40, warmup_steps=5, eval_interval=20, eval_iters=2,
+                    log_interval=10, checkpoint_interval=20, sample_tokens=8, num_threads=1)
+    return Trainer(GPT(model_cfg), TOK, TEXT, TrainConfig(**{**defaults, **train}), run_dir,
+                   corpus="builtin:python-docs", on_step=on_step, on_end=on_end)
+
+
+# ----------------------------------------------------------------------------- config
+
+@pytest.mark.parametrize("changes, word", [
+    ({"batch_size": 0}, "batch_size"),
+    ({"learning_rate": -1e-3}, "learning_rate"),
+    ({"learning_rate": 1e-4, "min_lr": 1e-3}, "min_lr"),
+    ({"eval_iters": 0}, "eval_iters"),
+    ({"grad_clip": -1.0}, "grad_clip"),
+    ({"max_seconds": 0}, "max_seconds"),
+    ({"early_stopping_patience": 0}, "early_stopping_patience"),
+    ({"device": "tpu"}, "device"),
+    ({"schedule": "linear"}, "schedule"),
+    ({"schedule": "time"}, "max_seconds"),
+    ({"max_steps": 2.5}, "max_steps"),
+    ({"num_threads": 0}, "num_threads"),
+])
+def test_invalid_train_config_raises_a_sentence_naming_the_field(changes, word):
+    with pytest.raises(ValueError, match=word):
+        TrainConfig(**changes)
+
+
+def test_trainer_refuses_mismatched_tokenizer_and_short_text():
+    with pytest.raises(ValueError, match="vocab_size"):
+        Trainer(GPT(TINY.replace(vocab_size=TOK.vocab_size + 1)), TOK, TEXT, TrainConfig())
+    with pytest.raises(ValueError, match="block_size"):
+        Trainer(GPT(TINY), TOK, TEXT[:100], TrainConfig())
+
+
+# ----------------------------------------------------------------------------- maths
+
+def test_learning_rate_warms_up_linearly_then_decays_by_cosine_to_min_lr():
+    t = tiny_trainer(max_steps=100, warmup_steps=10, learning_rate=1e-3, min_lr=1e-4)
+    lrs = [t.lr_at(s) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-3 / 11)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))          # warmup rises
+    assert lrs[10] == pytest.approx(1e-3)                               # peak after warmup
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))            # then only falls
+    assert t.lr_at(100) == pytest.approx(1e-4)                          # ends at min_lr
+    mid = 10 + 45
+    assert lrs[mid] == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4))        # cosine: halfway at midpoint
+
+
+def test_weight_decay_applies_to_matrices_only_and_tied_weight_counts_once():
+    t = tiny_trainer()
+    decay, no_decay = t.optimizer.param_groups
+    assert decay["weight_decay"] == t.config.weight_decay and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    n = len(decay["params"]) + len(no_decay["params"])
+    assert n == len(list(t.model.parameters()))                         # lm_head is wte: one entry
+    assert any(p is t.model.wte.weight for p in decay["params"])
+
+
+def test_layer_groups_cover_every_parameter_once():
+    m = GPT(TINY)
+    groups = layer_groups(m)
+    assert list(groups) == ["embed", "blocks.0.attn", "blocks.0.mlp", "blocks.1.attn", "blocks.1.mlp", "ln_final"]
+    names = [n for ns in groups.values() for n in ns]
+    assert sorted(names) == sorted(n for n, _ in m.named_parameters())
+    assert "blocks.1.ln_1.weight" in groups["blocks.1.attn"] and "blocks.1.ln_2.bias" in groups["blocks.1.mlp"]
+
+
+def test_training_logs_every_metric_and_lowers_the_loss():
+    t = tiny_trainer(max_steps=60, learning_rate=3e-3)
+    assert t.run() == "finished" and t.reason == "max_steps"
+    h = t.history
+    assert h["step"].tolist() == [10, 20, 30, 40, 50, 60]
+    evals = h["val_loss"].notna()
+    assert h.loc[evals, "step"].tolist() == [20, 40, 60]
+    assert h["val_loss"].dropna().iloc[-1] < h["val_loss"].dropna().iloc[0] < math.log(TOK.vocab_size) + 0.2
+    # characters: one token per character, so bits/char = nats/token / ln 2
+    assert h["train_bpc"].tolist() == pytest.approx((h["train_loss"] / math.log(2)).tolist())
+    assert h.loc[evals, "val_bpc"].tolist() == pytest.approx((h.loc[evals, "val_loss"] / math.log(2)).tolist())
+    for col in ("lr", "grad_norm", "tokens_per_s", "elapsed_s", "tokens_seen"):
+        assert (h[col] > 0).all(), col
+    assert h["elapsed_s"].is_monotonic_increasing and h["eta_s"].iloc[-1] == 0
+    assert h["tokens_seen"].iloc[-1] == 60 * 4 * 16
+    for g in layer_groups(t.model):
+        assert (h[f"grad_norm/{g}"] > 0).all() and (h[f"update_ratio/{g}"] > 0).all(), g
+    # group norms combine to the total norm (clipping happens after they are measured)
+    groups = [c for c in h.columns if c.startswith("grad_norm/")]
+    total = (h[groups] ** 2).sum(axis=1) ** 0.5
+    assert total.tolist() == pytest.approx(h["grad_norm"].tolist(), rel=1e-4)
+    assert [s["step"] for s in t.samples] == [20, 40, 60] and all(len(s["text"]) == 8 for s in t.samples)
+
+
+def test_update_ratio_is_the_relative_size_of_the_weight_change():
+    t = tiny_trainer(max_steps=10, log_interval=10, eval_interval=10)
+    for _ in range(9):
+        t.step()
+    before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+    row = t.step()
+    names = layer_groups(t.model)["blocks.0.mlp"]
+    params = {n: p.detach() for n, p in t.model.named_parameters()}
+    dw = sum(float((params[n] - before[n]).norm() ** 2) for n in names) ** 0.5
+    w = sum(float(before[n].norm() ** 2) for n in names) ** 0.5
+    assert row["update_ratio/blocks.0.mlp"] == pytest.approx(dw / w, rel=1e-5)
+
+
+def test_same_seed_gives_identical_runs_with_dropout():
+    cfg = TINY.replace(dropout=0.2)
+    a, b = tiny_trainer(model_cfg=cfg), tiny_trainer(model_cfg=cfg)
+    a.run()
+    b.run()
+    assert a.history["train_loss"].tolist() == b.history["train_loss"].tolist()
+    c = tiny_trainer(model_cfg=cfg, seed=7)
+    c.run()
+    assert c.history["train_loss"].tolist() != a.history["train_loss"].tolist()
+
+
+def test_callbacks_report_steps_evaluations_and_the_end():
+    seen: dict[str, list] = {"step": [], "eval": [], "end": []}
+    t = tiny_trainer()
+    t.on_step.append(lambda r: seen["step"].append(r["step"]))
+    t.on_eval.append(lambda r: seen["eval"].append((r["step"], r["val_loss"], r["sample"])))
+    t.on_end.append(lambda s: seen["end"].append(s))
+    t.run()
+    assert seen["step"] == [10, 20, 30, 40]
+    assert [e[0] for e in seen["eval"]] == [20, 40] and all(isinstance(e[2], str) for e in seen["eval"])
+    assert seen["end"] == [{"status": "finished", "reason": "max_steps", "step": 40, "error": None}]
+
+
+def test_a_failing_callback_fails_the_run_with_its_message():
+    def boom(row):
+        raise RuntimeError("no room on the chart")
+
+    t = tiny_trainer(on_step=boom)
+    assert t.run() == "failed"
+    assert "on_step" in t.error and "no room on the chart" in t.error
+
+
+# ----------------------------------------------------------------------------- stopping
+
+def test_nan_loss_stops_the_run_as_diverged_and_keeps_the_last_checkpoint(tmp_path):
+    t = tiny_trainer(tmp_path / "run", max_steps=40, checkpoint_interval=10)
+    finite = t.model.state_dict_for_save()
+
+    def poison(x, name):  # the 27th step's forward pass produces NaN
+        return x * float("nan") if t.step_count == 26 else None
+
+    t.model.hook_dict["hook_embed"].add(poison)
+    assert t.run() == "diverged"
+    t.model.hook_dict["hook_embed"].clear()
+    assert t.step_count == 26 and "step 27" in t.error and "last finite loss" in t.error
+    assert t.history["step"].tolist() == [10, 20]
+    run = load_run(tmp_path / "run")
+    assert run.status == "diverged" and run.config.status["diverged_at"] == 27
+    assert run.config.status["last_finite_loss"] == pytest.approx(t.last_finite_loss)
+    assert run.step == 20                                   # the last good checkpoint
+    assert all(torch.isfinite(v).all() for v in run.model.state_dict().values())
+    assert all(torch.isfinite(v).all() for v in t.model.state_dict().values())  # no NaN update applied
+    del finite
+    with pytest.raises(ValueError, match="diverged"):
+        t.step()
+
+
+def test_step_by_hand_raises_on_divergence():
+    t = tiny_trainer()
+    t.model.hook_dict["hook_embed"].add(lambda x, n: x * float("inf"))
+    with pytest.raises(ValueError, match="diverged"):
+        t.step()
+    assert t.status == "diverged"
+
+
+def test_early_stopping_after_patience_evaluations_without_improvement(monkeypatch):
+    t = tiny_trainer(max_steps=200, eval_interval=10, early_stopping_patience=2)
+    vals = iter([3.0, 2.9, 2.95, 2.91, 1.0, 1.0, 1.0])
+    monkeypatch.setattr(t, "evaluate", lambda: {"val_loss": next(vals), "val_bpc": 1.0})
+    assert t.run() == "finished" and t.reason == "early_stopping"
+    assert t.step_count == 40 and t.best_step == 20
+
+
+def test_max_seconds_ends_the_run_with_a_final_evaluation():
+    t = tiny_trainer(max_steps=1_000_000, max_seconds=0.3, eval_interval=1_000_000, log_interval=7)
+    t0 = time.perf_counter()
+    assert t.run() == "finished" and t.reason == "max_seconds"
+    assert time.perf_counter() - t0 < 5
+    last = t.history.iloc[-1]
+    assert last["step"] == t.step_count and not math.isnan(last["val_loss"])
+
+
+def test_time_schedule_decays_over_the_budget():
+    t = tiny_trainer(max_steps=1_000_000, max_seconds=10.0, schedule="time", warmup_steps=0)
+    t.elapsed_s = 5.0
+    assert t.lr_at(10) == pytest.approx(t.config.min_lr + 0.5 * (t.config.learning_rate - t.config.min_lr))
+    t.elapsed_s = 10.0
+    assert t.lr_at(11) == pytest.approx(t.config.min_lr)
+
+
+def test_out_of_memory_fails_with_a_clear_message(monkeypatch):
+    t = tiny_trainer()
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(t.model, "forward", oom)
+    assert t.run() == "failed"
+    assert "out of memory" in t.error and "batch_size" in t.error
+
+
+def test_device_auto_and_unavailable_devices():
+    assert resolve_device("auto").type in ("cuda", "mps", "cpu")
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+# ----------------------------------------------------------------------------- background
+
+def _wait(cond, timeout=20.0):
+    t0 = time.perf_counter()
+    while not cond():
+        if time.perf_counter() - t0 > timeout:
+            raise AssertionError("timed out")
+        time.sleep(0.005)
+
+
+def test_background_start_pause_resume_stop():
+    t = tiny_trainer(max_steps=100_000, eval_interval=1000, log_interval=5, sample_tokens=0)
+    t0 = time.perf_counter()
+    t.start()
+    assert time.perf_counter() - t0 < 0.5 and t.status == "running"
+    with pytest.raises(ValueError, match="already running"):
+        t.start()                                     # one trainer, one loop
+    with pytest.raises(ValueError, match="pause"):
+        t.step()
+    _wait(lambda: t.step_count >= 10)
+    t.pause(wait=True)
+    assert t.status == "paused"
+    paused_at = t.step_count
+    time.sleep(0.1)
+    assert t.step_count == paused_at
+    t.step()                                          # stepping by hand while paused is allowed
+    assert t.step_count == paused_at + 1
+    t.resume()
+    _wait(lambda: t.step_count >= paused_at + 10)
+    t.stop()
+    t.stop()                                          # idempotent
+    assert t.status == "stopped" and t.reason == "stopped"
+    steps = t.history["step"].tolist()
+    assert steps == sorted(set(steps)) and steps[-1] == t.step_count
+    assert not math.isnan(t.history["val_loss"].iloc[-1])  # a final evaluation at the stop
+    at = t.step_count
+    t.start()                                         # a stopped run continues
+    _wait(lambda: t.step_count > at + 5)
+    t.stop()
+    assert t.status == "stopped"
+
+
+def test_background_run_ends_by_itself_and_calls_on_end():
+    ended = threading.Event()
+    t = tiny_trainer(on_end=lambda s: ended.set())
+    t.start()
+    assert ended.wait(30) and t.join(5) == "finished" and t.step_count == 40
+    with pytest.raises(ValueError, match="finished"):
+        t.start()
+
+
+def test_snapshot_weights_are_consistent_with_their_step():
+    """Weights copied mid-run equal those of a by-hand rerun at the same step: never torn."""
+    t = tiny_trainer(max_steps=150, eval_interval=1000, log_interval=25, sample_tokens=0)
+    snaps = []
+    t.start()
+    while t.status == "running" and len(snaps) < 60:
+        s = t.snapshot()
+        snaps.append((s.step, s.state_dict, len(s.history)))
+        time.sleep(0.001)
+    t.join(30)
+    assert len({s for s, _, _ in snaps}) >= 3
+    # the copy is a copy
+    sd0 = snaps[0][1]
+    assert all(v.data_ptr() != p.data_ptr() for v, p in zip(sd0.values(), t.model.state_dict_for_save().values()))
+    ref = tiny_trainer(max_steps=150, eval_interval=1000, log_interval=25, sample_tokens=0)
+    by_step = {}
+    for s, sd, nrows in snaps:
+        by_step.setdefault(s, (sd, nrows))
+    for target in sorted(by_step):
+        while ref.step_count < target:
+            ref.step()
+        sd, nrows = by_step[target]
+        assert nrows <= target // 25 + 1
+        for k, v in ref.model.state_dict_for_save().items():
+            assert torch.equal(sd[k], v), (target, k)
