@@ -24,7 +24,6 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -33,7 +32,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from lm_core.config import TrainConfig  # noqa: E402
 from lm_core.corpora import load_corpus  # noqa: E402
 from lm_core.model import GPT  # noqa: E402
 from lm_core.presets import preset_configs  # noqa: E402
@@ -178,8 +176,9 @@ def bench_preset(text, tok, preset: str, metric: str, target: float, **over) -> 
     val = float(h["val_loss"].dropna().iloc[-1])
     emit(metric, val_loss=round(val, 4), steps=t.step_count, status=status, reason=t.reason,
          wall_s=round(wall, 1), train_s=round(t.elapsed_s, 1),
-         tokens_per_s=round(float(h["tokens_per_s"].median())), threads=t.num_threads,
-         target=target, ok=val <= target)
+         tokens_per_s=round(float(h["tokens_per_s"].median())),
+         effective_tokens_per_s=round(t.tokens_seen / max(t.elapsed_s, 1e-9)), threads=t.num_threads,
+         load_avg=[round(x, 2) for x in os.getloadavg()], target=target, ok=val <= target)
 
 
 def main() -> None:

@@ -8,11 +8,16 @@ from .corpora import corpus_from_bytes, corpus_from_text, corpus_stats, list_syn
 from . import analysis
 from .analysis import LogitLens
 from .pretrained import load_pretrained
+from .train import Trainer, TrainSnapshot, resolve_device
+from .runs import Run, RunInfo, list_runs, load_run
+from .presets import PRESETS, Preset
 from .generate import GenerationStep, generate, generate_text, sampling_distribution
 
 __all__ = ["ModelConfig", "TrainConfig", "ActivationCache", "HookPoint", "GPT", "KVCache",
            "GenerationStep", "generate", "generate_text", "sampling_distribution",
            "BPETokenizer", "CharTokenizer", "Tokenizer", "load_tokenizer",
            "corpus_from_bytes", "corpus_from_text", "corpus_stats", "list_synthetic_tasks", "load_corpus",
-           "SYNTHETIC_TASKS", "analysis", "LogitLens", "load_pretrained"]
+           "SYNTHETIC_TASKS", "analysis", "LogitLens", "load_pretrained",
+           "Trainer", "TrainSnapshot", "resolve_device", "Run", "RunInfo", "load_run", "list_runs",
+           "PRESETS", "Preset"]
 __version__ = "0.1.0"

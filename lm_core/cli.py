@@ -17,10 +17,13 @@ CPU, NCCL on CUDA): each rank draws its own batches, only rank 0 writes and prin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +161,7 @@ class _Progress:
         self.bar = None
         self.enabled = enabled
         self.last = initial
+        self.val = ""
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -168,7 +172,9 @@ class _Progress:
             self.bar.update(row["step"] - self.last)
             post = {"loss": f"{row['train_loss']:.3f}"}
             if not math.isnan(row.get("val_loss", math.nan)):
-                post["val"] = f"{row['val_loss']:.3f}"
+                self.val = f"{row['val_loss']:.3f}"
+            if self.val:
+                post["val"] = self.val  # the latest evaluation
             post["tok/s"] = f"{row['tokens_per_s']:,.0f}" if math.isfinite(row["tokens_per_s"]) else "?"
             self.bar.set_postfix(post, refresh=False)
         self.last = row["step"]
@@ -200,6 +206,35 @@ def _clear_run(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
     for step in R.list_snapshot_steps(out):
         R.snapshot_path(out, step).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _graceful_stop(trainer, distributed: bool):
+    """First Ctrl-C (or SIGTERM): stop after the current step with a checkpoint; second: abort.
+
+    Stopping between steps keeps the checkpoint exact; a KeyboardInterrupt could land between
+    the weight update and the step counter.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    asked = []
+
+    def handler(signum, frame):
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(signum)
+        if trainer.is_main:
+            print("stopping after this step with a checkpoint (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        trainer.stop(wait=False)
+
+    sigs = [signal.SIGINT] + ([signal.SIGTERM] if not distributed else [])
+    old = {s: signal.signal(s, handler) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def _given(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
@@ -264,7 +299,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress = _Progress(trainer.config.max_steps, trainer.step_count, show)
         trainer.on_step.append(progress.on_step)
         trainer.on_eval.append(progress.on_eval)
-        status = trainer.run()
+        with _graceful_stop(trainer, distributed=world > 1):
+            status = trainer.run()
         _barrier()  # rank 0 may still be writing its last checkpoint; part only when all are done
     finally:
         progress.close()

@@ -53,11 +53,14 @@ PRESETS: dict[str, Preset] = {
                    eval_interval=250, eval_iters=200, checkpoint_interval=500),
     ),
     "induction": Preset(
-        description="2 layers on synthetic:induction (repeated random letter segments): about a minute "
-                    "of CPU grows induction heads, which copy what followed the last occurrence",
+        description="2 layers on synthetic:induction (lines repeating a random segment of distinct "
+                    "letters): in about a minute of CPU the val loss falls from 3.26 (uniform letters) "
+                    "towards 2 as attention learns to copy what followed the previous occurrence",
         corpus="synthetic:induction",
         model=dict(n_layer=2, n_head=4, n_embd=64, block_size=64, dropout=0.0),
-        train=dict(batch_size=16, learning_rate=3e-3, max_steps=1500, warmup_steps=50, min_lr=1e-4,
+        # measured: batch 32, lr 2e-3 -> val 2.09 at step 2500 (lr 4e-3: 2.38; batch 16 lr 3e-3
+        # 1500 steps: 3.05, still on the plateau before the copying mechanism forms)
+        train=dict(batch_size=32, learning_rate=2e-3, max_steps=2500, warmup_steps=100, min_lr=1e-4,
                    eval_interval=250, eval_iters=10, weight_decay=0.0),
     ),
     "default": Preset(

@@ -23,10 +23,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import math
 import os
 import re
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -42,7 +42,6 @@ from .config import ModelConfig, TrainConfig
 from .model import GPT
 from .tokenizers import Tokenizer, load_tokenizer
 
-log = logging.getLogger(__name__)
 
 RUN_FORMAT = "lm-lens-run"
 RUN_FORMAT_VERSION = 1
@@ -69,6 +68,16 @@ def _lm_core_version() -> str:
 
 # ----------------------------------------------------------------------------- atomic writes
 
+def _file_mode() -> int:
+    """0o666 minus the process umask: what ``open(path, "w")`` would give (mkstemp gives 0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_MODE = _file_mode()  # read once, at import: os.umask has no read-only form
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
 
@@ -79,6 +88,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, _MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             if fsync:
@@ -289,6 +300,7 @@ def snapshot_steps(max_steps: int, count: int = MAX_SNAPSHOTS) -> list[int]:
 
 
 def snapshot_path(run_dir: str | os.PathLike[str], step: int) -> Path:
+    """Where the snapshot of ``step`` lives: ``snapshots/step-000123.safetensors``."""
     return Path(run_dir) / SNAPSHOT_DIR / f"step-{step:06d}.safetensors"
 
 
@@ -354,7 +366,23 @@ class RunConfig:
                    status=status)
 
 
+def effective_state(status: dict[str, Any]) -> str:
+    """The run's state, with ``running``/``idle`` read as ``interrupted`` when the process that
+    wrote it (same host, recorded pid) no longer exists: a killed run never updates its config."""
+    state = str(status.get("state", "unknown"))
+    pid, host = status.get("pid"), status.get("host")
+    if state in ("running", "idle", "paused") and isinstance(pid, int) and host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return "interrupted"
+        except (PermissionError, OSError):  # exists but not ours, or cannot tell
+            pass
+    return state
+
+
 def now_iso() -> str:
+    """Local time as ISO 8601 with the UTC offset, for config.json."""
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
@@ -393,16 +421,12 @@ class Run:
     history: pd.DataFrame
     samples: list[dict[str, Any]]
     snapshots: list[int]   # steps with weights under snapshots/, ascending
+    step: int              # the step of the weights in ``model`` (the last checkpoint)
 
     @property
     def status(self) -> str:
-        """running (or killed while running), finished, stopped, diverged or failed."""
-        return str(self.config.status.get("state", "unknown"))
-
-    @property
-    def step(self) -> int:
-        """The step of the weights in ``model`` (the last checkpoint)."""
-        return int(self.config.status.get("checkpoint_step", 0))
+        """idle, running, finished, stopped, diverged, failed, or interrupted (killed while running)."""
+        return effective_state(self.config.status)
 
     def load_snapshot(self, step: int) -> GPT:
         """The model as it was at ``step`` (one of :attr:`snapshots`), on the CPU in eval mode."""
@@ -450,11 +474,15 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     if tokenizer.vocab_size != config.model.vocab_size:
         raise ValueError(f"{tok_path} has {tokenizer.vocab_size} tokens but the model in "
                          f"{path / CONFIG_FILE} expects {config.model.vocab_size}; the files are from different runs")
-    model, _ = _model_from_file(config.model, path / MODEL_FILE)
+    model, meta = _model_from_file(config.model, path / MODEL_FILE)
     history = read_history(path / HISTORY_FILE)
     samples = _read_samples(path / SAMPLES_FILE)
+    try:  # the weights say which step they are; config.json may lag them after a crash
+        step = int(meta["step"])
+    except (KeyError, ValueError):
+        step = int(config.status.get("checkpoint_step", 0))
     return Run(path=path, config=config, model=model, tokenizer=tokenizer, history=history,
-               samples=samples, snapshots=list_snapshot_steps(path))
+               samples=samples, snapshots=list_snapshot_steps(path), step=step)
 
 
 @dataclass
@@ -492,7 +520,7 @@ def list_runs(root: str | os.PathLike[str]) -> list[RunInfo]:
         info = RunInfo(path=d, name=d.name, modified=cfg_path.stat().st_mtime)
         try:
             cfg = load_run_config(d)
-            info.status = str(cfg.status.get("state", "unknown"))
+            info.status = effective_state(cfg.status)
             info.step = int(cfg.status.get("checkpoint_step", 0))
             info.corpus = cfg.corpus
             for required in (MODEL_FILE, TOKENIZER_FILE, HISTORY_FILE):

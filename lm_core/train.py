@@ -23,13 +23,15 @@ dropout RNG is reseeded from ``(seed, step)`` before each step, so a run resumed
 checkpoint repeats the uninterrupted run's arithmetic. Nothing random is carried between steps
 except the optimizer state, which the checkpoint holds.
 
-Threads: the CPU thread count is set deliberately (:meth:`Trainer.configure_threads`). By
-default every core the process may use (divided among DDP ranks on one machine); a background
-run in the app uses the same, because measurement showed the UI thread stays responsive (torch
-releases the GIL inside its kernels) while fewer threads cost a third of the speed on 2 cores.
-``TrainConfig.num_threads`` overrides it. Background runs use a thread, not a subprocess: the
-thread keeps ≥ 0.9× the CLI's tokens/s (see bench/bench_train.py) and shares the weights with
-the UI without copying them through a pipe.
+Threads: the CPU thread count is set deliberately (:meth:`Trainer.configure_threads`): every
+core the process may use, divided among DDP ranks on one machine; ``TrainConfig.num_threads``
+overrides it. Background runs (the app) use a thread, not a subprocess, and the same count:
+torch releases the GIL inside its kernels, so measured with ``bench/bench_train.py --only
+thread`` on 2 cores, a background thread keeps 0.99x the foreground's (the CLI's) tokens/s
+while the main thread plays the app's live view once a second, whose 15 ms job then takes
+20 ms (median). A thread also shares the weights with the UI without copying them through a
+pipe. Dropout reseeds torch's global RNG each step, which a UI thread drawing from the same
+global RNG would notice (lm_core's own generation uses its own generators).
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ import hashlib
 import logging
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +229,7 @@ class Trainer:
         self.step_count = 0
         self.tokens_seen = 0
         self.elapsed_s = 0.0
+        self._schedule_elapsed = 0.0  # elapsed_s as the time schedule sees it (agreed by all ranks)
         self.best_val_loss = math.inf
         self.best_step: int | None = None
         self._evals_since_best = 0
@@ -310,7 +314,7 @@ class Trainer:
         if not self.is_main:
             return
         d.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(d / R.TOKENIZER_FILE)
+        R.atomic_write_bytes(d / R.TOKENIZER_FILE, self.tokenizer.to_json().encode("utf-8"))
         self._write_history()
         R.atomic_write_json(d / R.SAMPLES_FILE, [])
         if 0 in self._snapshot_plan:
@@ -321,6 +325,8 @@ class Trainer:
         st = {"state": state, "step": self.step_count, "checkpoint_step": self._ckpt_step,
               "last_finite_loss": self.last_finite_loss, "best_val_loss": _finite_or_none(self.best_val_loss),
               "best_step": self.best_step, "world_size": self.world_size, "updated": R.now_iso(), **status}
+        if state in ("idle", "running", "paused"):  # lets a reader tell a live run from a killed one
+            st.update(pid=os.getpid(), host=socket.gethostname())
         if self._error:
             st["message"] = self._error
         if self._reason:
@@ -395,7 +401,7 @@ class Trainer:
             return torch.get_num_threads()
         n = self.config.num_threads
         if n is None:
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size if self.distributed else 1))
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size)) if self.distributed else 1
             n = max(1, available_cores() // max(1, local))
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
@@ -415,7 +421,7 @@ class Trainer:
             return tc.learning_rate * (step + 1) / (tc.warmup_steps + 1)
         progress = (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps)
         if tc.schedule == "time" and tc.max_seconds:
-            progress = max(progress, self.elapsed_s / tc.max_seconds)
+            progress = max(progress, self._schedule_elapsed / tc.max_seconds)
         progress = min(1.0, progress)
         coeff = 0.5 * (1.0 + math.cos(math.pi * progress))
         return tc.min_lr + coeff * (tc.learning_rate - tc.min_lr)
@@ -442,6 +448,12 @@ class Trainer:
         """One forward/backward/update. ``measure`` adds per-group gradient norms and update ratios."""
         tc, cfg = self.config, self.model.config
         s = self.step_count
+        self._schedule_elapsed = self.elapsed_s
+        if tc.schedule == "time" and self.distributed and self.world_size > 1:
+            # every rank must apply the same learning rate: follow the slowest clock
+            t = torch.tensor([self.elapsed_s], device=self.device, dtype=torch.float64)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            self._schedule_elapsed = float(t.item())
         lr = self.lr_at(s)
         for g in self.optimizer.param_groups:
             g["lr"] = lr

@@ -55,6 +55,7 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(corpus, tmp_path):
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert killed.returncode == -signal.SIGKILL
+    assert load_run(tmp_path / "killed").status == "interrupted"   # config.json still says running
     assert 100 <= _checkpoint_step(tmp_path / "killed") < 400
     assert full.wait(timeout=180) == 0, full.communicate()
 
@@ -68,6 +69,22 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(corpus, tmp_path):
     assert abs(b.history["val_loss"].iloc[-1] - a.history["val_loss"].iloc[-1]) < 1e-4
     assert b.history["train_loss"].tolist() == pytest.approx(a.history["train_loss"].tolist(), abs=1e-4)
     assert b.snapshots == a.snapshots and b.samples == a.samples
+
+
+def test_ctrl_c_stops_cleanly_with_a_checkpoint(corpus, tmp_path):
+    out = tmp_path / "interrupted"
+    proc = _cli("train", "--corpus", corpus, *SMALL, "--max-steps", "100000", "--out", str(out))
+    t0 = time.monotonic()
+    while _checkpoint_step(out) < 50:
+        assert proc.poll() is None and time.monotonic() - t0 < 120
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err and "stopping after this step" in err
+    run = load_run(out)
+    assert run.status == "stopped" and run.config.status["reason"] == "stopped"
+    assert run.step == _checkpoint_step(out) == run.history["step"].iloc[-1] >= 50
+    assert run.history["val_loss"].notna().iloc[-1]                # a final evaluation
 
 
 def test_errors_are_one_line_without_traceback(corpus, tmp_path):

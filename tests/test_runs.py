@@ -242,6 +242,9 @@ def test_writes_are_atomic_replacements(tmp_path):
     R.atomic_write_json(p, {"a": 2})
     assert json.loads(p.read_text()) == {"a": 2} and os.stat(p).st_ino != ino   # a new file renamed over
     assert [x.name for x in tmp_path.iterdir()] == ["f.json"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(p).st_mode & 0o777 == 0o666 & ~mask               # as open() would, not mkstemp's 0600
     assert math.isnan(read_history(_csv(tmp_path, "step,train_loss,val_loss\n1,2.5,\n"))["val_loss"][0])
 
 

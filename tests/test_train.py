@@ -213,10 +213,13 @@ def test_max_seconds_ends_the_run_with_a_final_evaluation():
 
 def test_time_schedule_decays_over_the_budget():
     t = tiny_trainer(max_steps=1_000_000, max_seconds=10.0, schedule="time", warmup_steps=0)
-    t.elapsed_s = 5.0
+    t._schedule_elapsed = 5.0
     assert t.lr_at(10) == pytest.approx(t.config.min_lr + 0.5 * (t.config.learning_rate - t.config.min_lr))
-    t.elapsed_s = 10.0
+    t._schedule_elapsed = 10.0
     assert t.lr_at(11) == pytest.approx(t.config.min_lr)
+    t.elapsed_s = 7.5
+    assert t.step()["lr"] == pytest.approx(t.lr_at(0))     # a step reads the elapsed time first
+    assert t._schedule_elapsed == 7.5
 
 
 def test_out_of_memory_fails_with_a_clear_message(monkeypatch):
@@ -228,6 +231,41 @@ def test_out_of_memory_fails_with_a_clear_message(monkeypatch):
     monkeypatch.setattr(t.model, "forward", oom)
     assert t.run() == "failed"
     assert "out of memory" in t.error and "batch_size" in t.error
+
+
+def test_bits_per_character_account_for_bpe_tokens():
+    from lm_core.tokenizers import BPETokenizer
+
+    tok = BPETokenizer.train(TEXT, vocab_size=300)
+    torch.manual_seed(0)
+    t = Trainer(GPT(TINY.replace(vocab_size=tok.vocab_size)), tok, TEXT,
+                TrainConfig(batch_size=4, max_steps=20, eval_interval=20, eval_iters=2, sample_tokens=4, num_threads=1))
+    t.run()
+    tpc = t.train_split.tokens_per_char
+    assert 0.2 < tpc < 0.9                       # merges: fewer tokens than characters
+    row = t.history.iloc[-1]
+    assert row["train_bpc"] == pytest.approx(row["train_loss"] / math.log(2) * tpc)
+    assert row["val_bpc"] == pytest.approx(row["val_loss"] / math.log(2) * t.val_split.tokens_per_char)
+
+
+def test_device_auto_prefers_cuda_then_mps(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto").type == "mps"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+
+
+def test_thread_count_is_chosen_deliberately():
+    from lm_core.train import available_cores
+
+    try:
+        assert tiny_trainer(num_threads=1).configure_threads() == 1 == torch.get_num_threads()
+        assert tiny_trainer(num_threads=None).configure_threads() == available_cores() == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(1)
 
 
 def test_device_auto_and_unavailable_devices():
@@ -291,19 +329,19 @@ def test_background_run_ends_by_itself_and_calls_on_end():
 
 def test_snapshot_weights_are_consistent_with_their_step():
     """Weights copied mid-run equal those of a by-hand rerun at the same step: never torn."""
-    t = tiny_trainer(max_steps=150, eval_interval=1000, log_interval=25, sample_tokens=0)
+    t = tiny_trainer(max_steps=100_000, eval_interval=100_000, log_interval=25, sample_tokens=0)
     snaps = []
     t.start()
-    while t.status == "running" and len(snaps) < 60:
+    while len(snaps) < 60:
         s = t.snapshot()
         snaps.append((s.step, s.state_dict, len(s.history)))
-        time.sleep(0.001)
-    t.join(30)
+        time.sleep(0.002)
+    t.stop()
     assert len({s for s, _, _ in snaps}) >= 3
     # the copy is a copy
     sd0 = snaps[0][1]
     assert all(v.data_ptr() != p.data_ptr() for v, p in zip(sd0.values(), t.model.state_dict_for_save().values()))
-    ref = tiny_trainer(max_steps=150, eval_interval=1000, log_interval=25, sample_tokens=0)
+    ref = tiny_trainer(max_steps=100_000, eval_interval=100_000, log_interval=25, sample_tokens=0)
     by_step = {}
     for s, sd, nrows in snaps:
         by_step.setdefault(s, (sd, nrows))
