@@ -1,17 +1,26 @@
 """The active model: what the sidebar picker chose, resolved to a :class:`LoadedModel`.
 
 The sidebar (drawn by ``main.py`` on every page) lists the shipped default model, the run
-folders under ``runs/`` and the run being trained; pages call :func:`active_model`.
+folders under ``runs/``, the run being trained and a pretrained model (GPT-2 or a local
+folder); a time-travel slider picks which weight snapshot of a run every page shows. Pages call
+:func:`active_model`. After the page has run, :func:`export_controls` offers its bundle.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import streamlit as st
 
-from . import resources, state
-from .models import DEFAULT_CHOICE, LoadedModel, folder_stamp, list_run_folders, runs_root
+from . import bundle, resources, state
+from .models import DEFAULT_CHOICE, LoadedModel, folder_stamp, list_run_folders, runs_root, snapshot_stamp, snapshot_steps
+
+PRETRAINED_CHOICE = "pretrained"
+PRETRAINED_LABEL = "Pretrained (GPT-2 or a local folder)…"
+
+
+# -- resolving a choice ---------------------------------------------------------------------------
 
 
 def _resolve(choice: str) -> tuple[LoadedModel | None, str | None]:
@@ -37,28 +46,83 @@ def _resolve(choice: str) -> tuple[LoadedModel | None, str | None]:
             return resources.live_model(run_id, step, reg), None
         except Exception as e:  # a weights copy that does not fit: say so, keep the app alive
             return None, f"Could not copy the live run's weights ({e}); try again in a moment."
+    if choice == PRETRAINED_CHOICE:
+        name = state.get(state.PRETRAINED_LOADED)
+        if not name:
+            return None, None  # nothing loaded yet: the sidebar says how
+        try:
+            return resources.pretrained_model(name), None
+        except ValueError as e:
+            return None, f"The pretrained model {name!r} could not be loaded: {e}"
     return None, None
 
 
-def active_model() -> LoadedModel:
-    """The model every page shows (the default one when the choice cannot be loaded)."""
-    choice = state.model_choice()
+def resolve(choice: str) -> tuple[LoadedModel, str | None]:
+    """The model of a picker choice at its latest weights (the default model, and the reason,
+    when the choice cannot be loaded)."""
     if choice != DEFAULT_CHOICE:
         lm, problem = _resolve(choice)
         if lm is not None:
-            return lm
-        st.session_state["_model_problem"] = problem
+            return lm, None
+    else:
+        problem = None
     lm, _ = resources.default_model()
+    return lm, problem
+
+
+def at_step(lm: LoadedModel, step: int | None) -> tuple[LoadedModel, str | None]:
+    """``lm`` with the weights of its snapshot at ``step`` (itself when ``step`` is None, its
+    own step, or not a snapshot of its run)."""
+    if step is None or lm.path is None or step == lm.step:
+        return lm, None
+    steps = snapshot_steps(lm.path)
+    if step not in steps:
+        return lm, None
+    try:
+        path = str(Path(lm.path).resolve())
+        return resources.snapshot_model(path, int(step), snapshot_stamp(lm.path, step), len(steps), lm), None
+    except ValueError as e:
+        return lm, f"The snapshot of step {step} could not be loaded ({e}); showing the latest weights."
+
+
+def step_options(lm: LoadedModel) -> list[int]:
+    """Steps one can travel to: the run's weight snapshots and its latest weights."""
+    steps = set(snapshot_steps(lm.path)) if lm.path is not None else set()
+    if lm.step is not None:
+        steps = {s for s in steps if s <= lm.step} | {lm.step}
+    return sorted(steps)
+
+
+def base_model() -> LoadedModel:
+    """The sidebar's model at its latest weights (what time travel starts from)."""
+    lm, problem = resolve(state.model_choice())
+    if problem:
+        st.session_state["_model_problem"] = problem
     return lm
 
 
-def sidebar() -> None:
-    """The model picker and a one-line description of the active model."""
+def active_model() -> LoadedModel:
+    """The model every page shows: the sidebar's choice, at the step of the time-travel slider."""
+    lm = base_model()
+    step = state.get(state.TIME_STEP)
+    if step is not None:
+        lm, problem = at_step(lm, int(step))
+        if problem:
+            st.session_state["_model_problem"] = problem
+    return lm
+
+
+# -- the picker's options (also the Compare page's) ------------------------------------------------
+
+
+def source_options() -> tuple[list[str], dict[str, str], list]:
+    """Choices (``"default"``, ``"live:<id>"``, ``"run:<path>"``, ``"pretrained"``), their labels
+    and the run folders that could not be listed."""
     reg = resources.registry()
     live_jobs = [j for j in reg.jobs() if j.active]
     live_dirs = {str(j.run_dir.resolve()) for j in live_jobs}
     options = [DEFAULT_CHOICE] + [f"live:{j.run_id}" for j in live_jobs]
-    labels = {DEFAULT_CHOICE: "Default model (shipped)"}
+    labels = {DEFAULT_CHOICE: "Default model (shipped)", PRETRAINED_CHOICE: PRETRAINED_LABEL}
     for j in live_jobs:
         labels[f"live:{j.run_id}"] = f"● {j.run_id} — training ({j.status})"
     broken = []
@@ -72,6 +136,68 @@ def sidebar() -> None:
             labels[key] = f"{info.name} ({info.status}{step})"
         else:
             broken.append(info)
+    options.append(PRETRAINED_CHOICE)
+    return options, labels, broken
+
+
+def _forget_step() -> None:
+    """Another model was picked: time travel starts again from its latest weights."""
+    st.session_state[state.TIME_STEP] = None
+
+
+# -- the sidebar ------------------------------------------------------------------------------------
+
+
+def _pretrained_panel() -> None:
+    """Name/folder input and Load button, shown while "Pretrained…" is picked."""
+    st.text_input("Hugging Face name or local folder", key=state.PRETRAINED_NAME,
+                  help="'gpt2' (downloads ~550 MB once, needs `transformers`), or a folder with config.json, "
+                       "model.safetensors and tokenizer.json (e.g. written by save_pretrained; no download).")
+    if importlib.util.find_spec("transformers") is None:
+        from lm_core.pretrained import TRANSFORMERS_PIN
+
+        st.caption(f"Loading from the Hugging Face hub needs `transformers`: `pip install {TRANSFORMERS_PIN}`. "
+                   f"A local folder works without it.")
+    if st.button("Load", key="pretrained_btn_load", icon=":material/download:"):
+        name = (state.get(state.PRETRAINED_NAME) or "").strip()
+        try:
+            resources.pretrained_model(name)
+        except ValueError as e:
+            state.put(state.PRETRAINED_ERROR, str(e))
+        else:
+            state.put(state.PRETRAINED_LOADED, name)
+            state.put(state.PRETRAINED_ERROR, None)
+            _forget_step()
+    loaded = state.get(state.PRETRAINED_LOADED)
+    if loaded:
+        st.caption(f"Showing **{loaded}**.")
+    problem = state.get(state.PRETRAINED_ERROR)
+    if problem:
+        st.error(f"Could not load the pretrained model: {problem}", icon=":material/error:")
+    elif not state.get(state.PRETRAINED_LOADED):
+        st.info("Type a name or a folder and press **Load**; until then the default model is shown.",
+                icon=":material/info:")
+
+
+def _time_travel(lm: LoadedModel) -> None:
+    """The slider over the run's weight snapshots (only for runs that kept some)."""
+    steps = step_options(lm)
+    if len(steps) < 2:
+        st.session_state[state.TIME_STEP] = None
+        return
+    if st.session_state.get(state.TIME_STEP) not in steps:
+        st.session_state[state.TIME_STEP] = steps[-1]
+    st.select_slider("Weights at step", options=steps, key=state.TIME_STEP,
+                     format_func=lambda s: f"{s:,}" + (" (latest)" if s == steps[-1] else ""),
+                     help="Time travel: every page (Attention, Generate, Embeddings, Logit lens, Ablation, …) "
+                          "shows the model as it was at this training step, on the same text and seed.")
+
+
+def sidebar():
+    """The model picker, time travel and a description of the active model. Returns a sidebar
+    container that :func:`export_controls` fills once the page has drawn its figures."""
+    reg = resources.registry()
+    options, labels, broken = source_options()
     choice = state.model_choice()
     if choice not in options:
         # a live run that has ended is now a run folder: follow it there
@@ -86,29 +212,74 @@ def sidebar() -> None:
     with st.sidebar:
         st.markdown("### :material/neurology: LM Lens")
         st.selectbox("Model", options, key=state.MODEL_CHOICE, format_func=lambda o: labels.get(o, o),
-                     help=f"The shipped default model, runs saved under {runs_root()}, or the run being trained.")
+                      on_change=_forget_step,
+                      help=f"The shipped default model, runs saved under {runs_root()}, the run being trained, "
+                           f"or pretrained GPT-2 weights.")
+        if choice == PRETRAINED_CHOICE:
+            _pretrained_panel()
         st.session_state.pop("_model_problem", None)
-        lm = active_model()
+        base = base_model()
         problem = st.session_state.pop("_model_problem", None)
         if problem:
             st.error(problem, icon=":material/error:")
         _, default_problem = resources.default_model()
-        if lm.kind == "default" and default_problem:
+        if base.kind == "default" and default_problem:
             st.warning(f"The shipped default model could not be loaded ({default_problem}). An untrained "
                        f"model stands in. Rebuild it with `python -m lm_core train --preset default "
                        f"--out assets/default` (see README), or train one on the Train page.",
                        icon=":material/warning:")
-        st.caption(lm.describe())
-        if lm.kind == "live":
+        st.caption(base.describe())
+        if base.kind == "live":
             job = reg.get(choice[5:])
             if job is not None:
                 now = job.trainer.step_count
-                st.caption(f"Weights of step {lm.step}; training is at step {now}.")
-                if now != lm.step and st.button("Use latest weights", key="_live_refresh",
-                                                icon=":material/refresh:"):
+                st.caption(f"Weights of step {base.step}; training is at step {now}.")
+                if now != base.step and st.button("Use latest weights", key="_live_refresh",
+                                                  icon=":material/refresh:"):
                     state.set_live_pin(job.run_id, now)
+                    st.session_state[state.TIME_STEP] = None
                     st.rerun()
+        _time_travel(base)
+        active_model()  # a snapshot that fails to load is said here, once
+        problem = st.session_state.pop("_model_problem", None)
+        if problem:
+            st.warning(problem, icon=":material/warning:")
         if broken:
             with st.expander(f"{len(broken)} run folder(s) could not be listed"):
                 for info in broken:
                     st.caption(f"**{info.name}**: {info.error}")
+        st.divider()
+        slot = st.container()
+    return slot
+
+
+def export_controls(slot, page: str) -> None:
+    """"Export bundle" for the page that just ran: a zip of its figures (HTML and PNG), the
+    model's config and history, and the activation cache of the page's text."""
+    records = state.figures()
+    lm = active_model()
+    st.session_state.pop("_model_problem", None)  # already shown by the sidebar
+    where = f"{page} · {lm.key}"  # a bundle belongs to one page and one model's weights
+    with slot:
+        clicked = st.button("Export bundle", key="export_btn", icon=":material/archive:",
+                            disabled=not records,
+                            help="A zip with this page's figures (HTML and PNG), the model's config and training "
+                                 "history, and the activations of the current text (safetensors), with a README.")
+        if clicked:
+            with st.spinner("Building the bundle (rendering the figures as PNG)…"):
+                try:
+                    built = bundle.build(lm, page, records, state.export_text(), subject=state.export_subject())
+                except Exception as e:  # an export must never take the page down
+                    st.error(f"Could not build the bundle ({type(e).__name__}: {e}). The page is unchanged; "
+                             f"try again, or download the figures one by one.", icon=":material/error:")
+                    return
+            state.put(state.EXPORT, state.ExportRecord(page=where, file_name=built.file_name, data=built.data,
+                                                       notes=built.notes))
+        rec = state.get(state.EXPORT)
+        if rec is None or rec.page != where:
+            return
+        for note in rec.notes:
+            st.warning(note, icon=":material/warning:")
+        st.download_button(f"Download bundle ({len(rec.data) / 2**20:.1f} MB)", data=rec.data,
+                           file_name=rec.file_name, mime="application/zip", key="export_download",
+                           on_click="ignore", icon=":material/download:", type="primary")

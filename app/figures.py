@@ -30,6 +30,8 @@ __all__ = [
     "candidates_bar", "growing_attention", "prob_entropy_chart",
     "embedding_scatter", "neighbours_bar", "similarity_heatmap", "residual_norms",
     "matrix_heatmap", "vector_bar", "group_bar",
+    "head_scores_over_time", "head_score_lines", "logit_lens_heatmap", "true_next_heatmap",
+    "ablation_grid", "before_after_bar", "attention_difference",
 ]
 
 ACCENT = "#e4572e"      # the one highlight colour: drawn token, selected head, val points
@@ -216,6 +218,26 @@ def attention_grid(patterns, labels: Sequence[str], layer: int, cols: int = 4,
     return fig
 
 
+def _cell_overlay(fig: go.Figure, n_layer: int, n_head: int, text: Sequence[str], hovertemplate: str) -> None:
+    """Transparent square markers on the cells of a layers × heads heatmap, so that a click
+    selects a cell (Plotly heatmaps cannot be selected); each point's ``customdata`` is
+    ``[layer, head]`` and it sits at x = head, y = layer."""
+    ls, hs = np.meshgrid(np.arange(n_layer), np.arange(n_head), indexing="ij")
+    fig.add_trace(go.Scatter(
+        x=hs.ravel(), y=ls.ravel(), mode="markers",
+        marker=dict(symbol="square", size=max(8, min(40, 420 // max(n_head, n_layer))), opacity=0.0),
+        # plain ints, not a numpy array: a typed array would reach the selection event as {"0": l, "1": h}
+        customdata=[[int(l), int(h)] for l, h in zip(ls.ravel(), hs.ravel())],
+        text=list(text), hovertemplate=hovertemplate, showlegend=False, name="heads",
+    ))
+
+
+def _layer_head_axes(fig: go.Figure, n_layer: int, n_head: int) -> None:
+    fig.update_xaxes(title_text="head", tickmode="array", tickvals=list(range(n_head)), range=[-0.5, n_head - 0.5])
+    fig.update_yaxes(title_text="layer", tickmode="array", tickvals=list(range(n_layer)),
+                     range=[n_layer - 0.5, -0.5])
+
+
 def head_score_overview(scores, metric: str, selected: tuple[int, int] | None = None,
                         zrange: tuple[float, float] | None = None) -> go.Figure:
     """Layers × heads overview of a head score: ``scores [L, H]``.
@@ -234,25 +256,15 @@ def head_score_overview(scores, metric: str, selected: tuple[int, int] | None = 
         zmin=lo, zmax=hi, texttemplate="%{z:.2f}", textfont=dict(size=10),
         colorbar=dict(title=dict(text=metric), thickness=12), hoverinfo="skip",
     ))
-    ls, hs = np.meshgrid(np.arange(n_layer), np.arange(n_head), indexing="ij")
-    fig.add_trace(go.Scatter(
-        x=hs.ravel(), y=ls.ravel(), mode="markers",
-        marker=dict(symbol="square", size=max(8, min(40, 420 // max(n_head, n_layer))), opacity=0.0),
-        # plain ints, not a numpy array: a typed array would reach the selection event as {"0": l, "1": h}
-        customdata=[[int(l), int(h)] for l, h in zip(ls.ravel(), hs.ravel())],
-        text=[f"{v:.3f}" for v in z.ravel()],
-        hovertemplate="layer %{y}, head %{x}<br>" + metric + " %{text}<br>click to open<extra></extra>",
-        showlegend=False, name="heads",
-    ))
+    _cell_overlay(fig, n_layer, n_head, [f"{v:.3f}" for v in z.ravel()],
+                  "layer %{y}, head %{x}<br>" + metric + " %{text}<br>click to open<extra></extra>")
     if selected is not None:
         l, h = selected
         fig.add_shape(type="rect", x0=h - 0.5, x1=h + 0.5, y0=l - 0.5, y1=l + 0.5,
                       line=dict(color=ACCENT, width=3))
     _layout(fig, f"Head scores: {metric}", height=max(220, 44 * n_layer + 90),
             clickmode="event+select", dragmode=False)
-    fig.update_xaxes(title_text="head", tickmode="array", tickvals=list(range(n_head)), range=[-0.5, n_head - 0.5])
-    fig.update_yaxes(title_text="layer", tickmode="array", tickvals=list(range(n_layer)),
-                     range=[n_layer - 0.5, -0.5])
+    _layer_head_axes(fig, n_layer, n_head)
     return fig
 
 
@@ -284,8 +296,10 @@ def query_attention(rows, labels: Sequence[str], query_label: str, n_layer: int,
 # ----------------------------------------------------------------------------- training
 
 
-def loss_curves(history: pd.DataFrame, log_y: bool = False, title: str = "Loss") -> go.Figure:
-    """Train loss (line) and validation loss (marked points) against the step."""
+def loss_curves(history: pd.DataFrame, log_y: bool = False, title: str = "Loss",
+                marks: Sequence[tuple[float, str]] = ()) -> go.Figure:
+    """Train loss (line) and validation loss (marked points) against the step; each of ``marks``
+    (step, label) is a dashed vertical line with its label (e.g. where an induction head formed)."""
     df = downsample_history(history)
     fig = go.Figure()
     step = _col(df, "step")
@@ -299,6 +313,10 @@ def loss_curves(history: pd.DataFrame, log_y: bool = False, title: str = "Loss")
         fig.add_trace(go.Scatter(x=step[ok], y=as_f32(vl[ok]), mode="lines+markers", name="val loss",
                                  line=dict(color=ACCENT, width=1.2, dash="dot"),
                                  marker=dict(size=8, color=ACCENT, symbol="diamond")))
+    for step_, label in marks:
+        fig.add_vline(x=float(step_), line=dict(color=ACCENT, dash="dash", width=1.5),
+                      annotation_text=label, annotation_position="top right",
+                      annotation_font=dict(size=11, color=ACCENT))
     _layout(fig, title, height=320, legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text="cross-entropy (nats/token)", type="log" if log_y else "linear")
@@ -612,4 +630,198 @@ def group_bar(groups: Sequence[str], values, title: str, y_title: str, log_y: bo
     _layout(fig, title, height=300)
     fig.update_xaxes(type="category", title_text="parameter group", tickangle=-30)
     fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear")
+    return fig
+
+
+# ----------------------------------------------------------------------------- circuits
+
+
+def _head_rows(heads: Sequence[tuple[int, int]]) -> list[str]:
+    return [f"L{l} H{h}" for l, h in heads]
+
+
+def head_scores_over_time(z, steps: Sequence[int], heads: Sequence[tuple[int, int]], metric: str,
+                          zrange: tuple[float, float] | None = (0.0, 1.0), marks: Sequence[int] = ()) -> go.Figure:
+    """A head score of every head over training: ``z [L*H, S]``, rows "L<layer> H<head>" (layer by
+    layer, top to bottom), columns the recorded steps, colour the score. ``marks`` are steps
+    outlined by a dashed line (e.g. where an induction head formed)."""
+    z = as_f32(z)
+    rows = _head_rows(heads)
+    if z.shape != (len(rows), len(steps)):
+        raise ValueError(f"z has shape {z.shape}, expected {len(rows)} heads × {len(steps)} steps")
+    lo, hi = zrange if zrange is not None else (None, None)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[str(s) for s in steps], y=rows, colorscale=colorscale("score"), zmin=lo, zmax=hi,
+        colorbar=dict(title=dict(text=metric), thickness=12),
+        hovertemplate="%{y}<br>step %{x}<br>" + metric + " %{z:.3f}<extra></extra>",
+    ))
+    for m in marks:
+        fig.add_vline(x=str(m), line=dict(color=ACCENT, dash="dash", width=1.5))
+    _layout(fig, f"{metric.capitalize()} score of every head over training", height=max(240, 16 * len(rows) + 120))
+    fig.update_xaxes(title_text="step", type="category", **_category_ticks(len(steps)))
+    fig.update_yaxes(title_text="layer · head", type="category", autorange="reversed", automargin=True)
+    return fig
+
+
+def head_score_lines(z, steps: Sequence[int], heads: Sequence[tuple[int, int]], metric: str,
+                     highlight: tuple[int, int] | None = None, marks: Sequence[int] = ()) -> go.Figure:
+    """The same scores as lines, one per head, coloured by layer; ``highlight`` is drawn thick."""
+    z = as_f32(z)
+    x = np.asarray(steps, dtype=np.float64)
+    fig = go.Figure()
+    for i, (l, h) in enumerate(heads):
+        hl = highlight == (l, h)
+        fig.add_trace(go.Scatter(
+            x=x, y=z[i], mode="lines+markers", name=f"L{l} H{h}", legendgroup=f"layer {l}",
+            line=dict(color=GROUP_COLOURS[l % len(GROUP_COLOURS)], width=3.2 if hl else 1.2),
+            marker=dict(size=5 if hl else 3), opacity=1.0 if hl or highlight is None else 0.55,
+            hovertemplate=f"L{l} H{h}<br>step %{{x}}<br>{metric} %{{y:.3f}}<extra></extra>",
+        ))
+    for m in marks:
+        fig.add_vline(x=float(m), line=dict(color=ACCENT, dash="dash", width=1.5))
+    _layout(fig, f"{metric.capitalize()} score per head", height=340,
+            legend=dict(font=dict(size=10), tracegroupgap=2))
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text=metric)
+    return fig
+
+
+# ----------------------------------------------------------------------------- logit lens
+
+
+def logit_lens_heatmap(top_probs, top_pieces: Sequence[Sequence[str]], row_labels: Sequence[str],
+                       labels: Sequence[str], hover: Sequence[Sequence[str]] | None = None) -> go.Figure:
+    """What the model would predict after each layer: ``top_probs [R, T]`` is the probability of
+    the top-1 next token at each layer boundary (rows, ``row_labels``: embeddings at the top, the
+    model's output at the bottom) and position (columns, token ``labels``); each cell is written
+    with that token (``top_pieces [R][T]``) and coloured by its probability. ``hover [R][T]``
+    (optional) adds the runners-up to the tooltip."""
+    z = as_f32(top_probs)
+    R, T = z.shape
+    if len(row_labels) != R or len(labels) != T:
+        raise ValueError(f"{len(row_labels)} row and {len(labels)} column labels for a {R} × {T} lens")
+    text = [[visible(p) for p in row] for row in top_pieces]
+    if len(text) != R or any(len(r) != T for r in text):
+        raise ValueError(f"top_pieces must be {R} × {T}")
+    custom = [list(r) for r in hover] if hover is not None else [["" for _ in range(T)] for _ in range(R)]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(labels), y=list(row_labels), colorscale=colorscale("weight"), zmin=0.0, zmax=1.0,
+        text=text, texttemplate="%{text}" if R * T <= 2500 else None, textfont=dict(size=10 if T <= 32 else 8),
+        customdata=custom, colorbar=dict(title=dict(text="p(top-1)"), thickness=12),
+        hovertemplate="after %{y}, at %{x}<br>top guess %{text} (p %{z:.3f})<br>%{customdata}<extra></extra>",
+    ))
+    _layout(fig, "Logit lens: the top next-token guess after each layer", height=max(240, 34 * R + 150))
+    fig.update_xaxes(title_text="position (the token read)", type="category", automargin=True, **_category_ticks(T))
+    fig.update_yaxes(title_text="after", type="category", autorange="reversed", automargin=True)
+    return fig
+
+
+def true_next_heatmap(probs, row_labels: Sequence[str], labels: Sequence[str], next_pieces: Sequence[str],
+                      log: bool = False) -> go.Figure:
+    """Probability of the token that actually comes next, ``probs [R, T-1]``, after each layer
+    (rows) at each position (columns, labelled by the token read; the hover names the token to
+    predict). ``log`` colours log₁₀ p instead (small probabilities become visible)."""
+    p = as_f32(probs)
+    R, Tm = p.shape
+    if len(row_labels) != R or len(labels) != Tm or len(next_pieces) != Tm:
+        raise ValueError(f"labels do not match a {R} × {Tm} matrix")
+    custom = [[visible(n) for n in next_pieces] for _ in range(R)]
+    if log:
+        z = np.log10(np.clip(p, 1e-6, 1.0)).astype(np.float32)
+        scale, lo, hi, bar = colorscale("weight"), -6.0, 0.0, "log₁₀ p"
+    else:
+        z, scale, lo, hi, bar = p, colorscale("weight"), 0.0, 1.0, "p(true next)"
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(labels), y=list(row_labels), colorscale=scale, zmin=lo, zmax=hi, customdata=custom,
+        text=[[f"{v:.3f}" for v in row] for row in p], colorbar=dict(title=dict(text=bar), thickness=12),
+        hovertemplate="after %{y}, at %{x}<br>p(next = %{customdata}) = %{text}<extra></extra>",
+    ))
+    _layout(fig, "Probability of the true next token after each layer", height=max(240, 30 * R + 150))
+    fig.update_xaxes(title_text="position (the token read)", type="category", automargin=True,
+                     **_category_ticks(Tm))
+    fig.update_yaxes(title_text="after", type="category", autorange="reversed", automargin=True)
+    return fig
+
+
+# ----------------------------------------------------------------------------- ablation
+
+
+def ablation_grid(off, effects=None, metric: str = "loss increase when ablated alone") -> go.Figure:
+    """Layers × heads, ``off [L, H]`` (bool) marks the heads switched off (an orange ✕ and outline).
+    Colour: ``effects [L, H]`` (e.g. the loss increase when that head alone is ablated; signed,
+    centred on 0; written in the cells of small grids) or plain. Clicking a cell selects it
+    (the last trace's ``customdata = [layer, head]``)."""
+    mask = np.asarray(off, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"off must be [L, H], got shape {mask.shape}")
+    n_layer, n_head = mask.shape
+    if effects is not None:
+        z = as_f32(effects)
+        if z.shape != mask.shape:
+            raise ValueError(f"effects {z.shape} and off {mask.shape} differ")
+        lo, hi = _signed_range(z)
+        scale, bar = colorscale("signed"), dict(title=dict(text="Δ loss"), thickness=12)
+    else:
+        z = np.zeros(mask.shape, dtype=np.float32)
+        lo, hi, scale, bar = -1.0, 1.0, colorscale("signed"), None
+    show_values = effects is not None and n_layer * n_head <= 64
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(n_head)), y=list(range(n_layer)), colorscale=scale, zmin=lo, zmax=hi,
+        texttemplate="%{z:+.2f}" if show_values else None, textfont=dict(size=10),
+        showscale=effects is not None, colorbar=bar, hoverinfo="skip",
+    ))
+    ls, hs = np.nonzero(mask)
+    fig.add_trace(go.Scatter(x=hs, y=ls, mode="markers", hoverinfo="skip", showlegend=False, name="off",
+                             marker=dict(symbol="x-thin", size=max(10, min(30, 300 // max(n_head, n_layer))),
+                                         line=dict(color=ACCENT, width=3))))
+    vals = [f"{v:+.3f}" if effects is not None else "–" for v in z.ravel()]
+    states = ["off" if m else "on" for m in mask.ravel()]
+    _cell_overlay(fig, n_layer, n_head, [f"{s} · {metric} {v}" for s, v in zip(states, vals)],
+                  "layer %{y}, head %{x}: %{text}<br>click to switch on/off<extra></extra>")
+    for l, h in zip(ls, hs):
+        fig.add_shape(type="rect", x0=h - 0.5, x1=h + 0.5, y0=l - 0.5, y1=l + 0.5, line=dict(color=ACCENT, width=2.5))
+    _layout(fig, "Heads: click to switch off / on", height=max(220, 40 * n_layer + 100),
+            clickmode="event+select", dragmode=False)
+    _layer_head_axes(fig, n_layer, n_head)
+    return fig
+
+
+def before_after_bar(labels: Sequence[str], before, after, title: str,
+                     names: tuple[str, str] = ("intact", "ablated"), highlight: int | None = None,
+                     x_title: str = "probability") -> go.Figure:
+    """Two bars per label (first label at the top): ``before`` in grey, ``after`` in blue;
+    ``highlight`` (an index) is the accent colour in the ``after`` series (e.g. the true next token)."""
+    b, a = as_f32(before), as_f32(after)
+    labels = list(labels)
+    if not (len(labels) == len(b) == len(a)):
+        raise ValueError("labels, before and after must have the same length")
+    colours = [ACCENT if i == highlight else PRIMARY for i in range(len(labels))]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(y=labels, x=b, orientation="h", name=names[0], marker=dict(color=MUTED),
+                         hovertemplate="%{y}<br>" + names[0] + " %{x:.4f}<extra></extra>"))
+    fig.add_trace(go.Bar(y=labels, x=a, orientation="h", name=names[1], marker=dict(color=colours),
+                         hovertemplate="%{y}<br>" + names[1] + " %{x:.4f}<extra></extra>"))
+    _layout(fig, title, height=max(220, 26 * len(labels) + 100), barmode="group",
+            legend=dict(orientation="h", y=-0.12))
+    fig.update_yaxes(type="category", autorange="reversed", automargin=True)
+    fig.update_xaxes(title_text=x_title)
+    return fig
+
+
+def attention_difference(a, b, labels: Sequence[str], title: str, names: tuple[str, str] = ("A", "B")) -> go.Figure:
+    """``b - a`` of two patterns ``[T, T]`` on the same text (query rows, key columns): red where
+    B attends more, blue where A does; the future (above the diagonal) is blank."""
+    za, zb = as_f32(a), as_f32(b)
+    if za.shape != zb.shape or za.ndim != 2:
+        raise ValueError(f"patterns must have the same [T, T] shape, got {za.shape} and {zb.shape}")
+    d = zb - za
+    T = d.shape[0]
+    d[np.triu_indices(T, 1)] = np.nan
+    finite = np.abs(d[np.isfinite(d)])
+    m = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    fig = matrix_heatmap(d, list(labels), list(labels), title, kind="signed", zrange=(-m, m),
+                         row_title="query (attending)", col_title="key (attended to)", height=460)
+    fig.data[0].hovertemplate = ("query %{y}<br>key %{x}<br>" + f"{names[1]} − {names[0]}" +
+                                 " %{z:+.3f}<extra></extra>")
+    fig.data[0].colorbar = dict(title=dict(text="B − A"), thickness=12)
     return fig

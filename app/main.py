@@ -23,6 +23,7 @@ st.set_page_config(page_title="LM Lens", page_icon=":material/neurology:", layou
                    initial_sidebar_state="expanded")
 
 state.init()
+state.clear_page_record()
 
 PAGES = [
     st.Page("views/train.py", title="Train", icon=":material/model_training:", url_path="train"),
@@ -30,9 +31,13 @@ PAGES = [
             default=True),
     st.Page("views/generate.py", title="Generate", icon=":material/edit_note:", url_path="generate"),
     st.Page("views/embeddings.py", title="Embeddings", icon=":material/scatter_plot:", url_path="embeddings"),
+    st.Page("views/logit_lens.py", title="Logit lens", icon=":material/layers:", url_path="logit-lens"),
+    st.Page("views/ablation.py", title="Ablation", icon=":material/content_cut:", url_path="ablation"),
+    st.Page("views/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
     st.Page("views/mechanics.py", title="Mechanics", icon=":material/function:", url_path="mechanics"),
 ]
 
 page = st.navigation(PAGES)
-active.sidebar()
+export_slot = active.sidebar()
 page.run()
+active.export_controls(export_slot, page.title)  # after the page: it offers what the page drew

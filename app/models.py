@@ -52,6 +52,14 @@ class LoadedModel:
     step: int | None = None
     samples: list[dict[str, Any]] = field(default_factory=list)
     run_config: Any = None      # lm_core.runs.RunConfig when loaded from a folder
+    family: str = ""            # the run (or source) whatever the step: "run:<path>", "default", …
+    final_step: int | None = None  # the step of the run's own weights (``step`` differs when time travelling)
+    head_scores: pd.DataFrame | None = None  # long: step, kind, layer, head, value (recorded in training)
+
+    @property
+    def time_travelling(self) -> bool:
+        """True when these are an earlier snapshot's weights, not the run's latest."""
+        return self.final_step is not None and self.step is not None and self.step != self.final_step
 
     @property
     def config(self) -> lm_core.ModelConfig:
@@ -74,23 +82,109 @@ def folder_stamp(path: Path) -> float:
         return 0.0
 
 
-def load_folder(path: Path, kind: str, label: str | None = None) -> LoadedModel:
-    """Load a run folder with ``lm_core.runs.load_run``; raises ``ValueError`` saying what is wrong."""
-    run = lm_runs.load_run(path)
+HEAD_SCORE_COLUMNS = ["step", "kind", "layer", "head", "value"]
+
+
+def head_scores_frame(source: Any) -> pd.DataFrame:
+    """The head scores recorded during training (``Trainer.head_scores``, ``TrainSnapshot.head_scores``
+    or ``Run.head_scores``: long format step, kind, layer, head, value); an empty frame with those
+    columns when the object has none (older lm_core, older runs)."""
+    df = getattr(source, "head_scores", None)
+    if not isinstance(df, pd.DataFrame) or not set(HEAD_SCORE_COLUMNS) <= set(df.columns):
+        return pd.DataFrame(columns=HEAD_SCORE_COLUMNS)
+    return df
+
+
+def snapshot_steps(path: Path | None) -> list[int]:
+    """Steps with weight snapshots in a run folder (a directory listing; nothing is read)."""
+    return lm_runs.list_snapshot_steps(path) if path is not None else []
+
+
+def snapshot_stamp(path: Path, step: int) -> float:
+    """Changes when a snapshot file is rewritten (a resumed run writes its snapshots again)."""
+    try:
+        return lm_runs.snapshot_path(path, step).stat().st_mtime_ns / 1e9
+    except OSError:
+        return 0.0
+
+
+def load_run(path: Path) -> Any:
+    """``lm_core.runs.load_run`` (raises ``ValueError`` saying what is wrong)."""
+    return lm_runs.load_run(path)
+
+
+def from_run(run: Any, kind: str, label: str | None = None) -> LoadedModel:
+    """The latest weights of a loaded ``lm_core.runs.Run`` as a :class:`LoadedModel`."""
+    path = Path(run.path)
     stamp = folder_stamp(path)
     return LoadedModel(
-        key=f"{kind}:{Path(path).resolve()}@{stamp:.6f}",
-        label=label or Path(path).name,
+        key=f"{kind}:{path.resolve()}@{stamp:.6f}",
+        label=label or path.name,
         kind=kind,
         model=run.model,
         tokenizer=run.tokenizer,
         history=run.history,
-        path=Path(path),
+        path=path,
         corpus=run.config.corpus,
         step=run.step,
         samples=list(run.samples),
         run_config=run.config,
+        family=f"run:{path.resolve()}",
+        final_step=run.step,
+        head_scores=head_scores_frame(run),
     )
+
+
+def at_snapshot(base: LoadedModel, model: lm_core.GPT, step: int, stamp: float) -> LoadedModel:
+    """``base`` (a run's latest weights) with the weights of its snapshot at ``step`` instead."""
+    return LoadedModel(
+        key=f"{base.family}#step{step}@{stamp:.6f}",
+        label=f"{base.label} · step {step}",
+        kind=base.kind,
+        model=model,
+        tokenizer=base.tokenizer,
+        history=base.history,
+        path=base.path,
+        corpus=base.corpus,
+        step=int(step),
+        samples=base.samples,
+        run_config=base.run_config,
+        family=base.family,
+        final_step=base.final_step,
+        head_scores=base.head_scores,
+    )
+
+
+def load_folder(path: Path, kind: str, label: str | None = None) -> LoadedModel:
+    """Load a run folder with ``lm_core.runs.load_run``; raises ``ValueError`` saying what is wrong."""
+    return from_run(load_run(path), kind, label)
+
+
+def load_pretrained_model(name: str) -> LoadedModel:
+    """GPT-2 (or another GPT-2-layout model) from the hub or a local folder, via
+    ``lm_core.load_pretrained``. Raises ``ValueError`` saying what to do (transformers missing,
+    offline, no tokenizer in the folder)."""
+    name = (name or "").strip()
+    model, tok = lm_core.load_pretrained(name)
+    if tok is None:
+        raise ValueError(f"{name!r} has no tokenizer (tokenizer.json, or vocab.json + merges.txt) next to the "
+                         f"weights; put the tokenizer files in the folder and press Load again.")
+    model.eval()
+    short = Path(name).name if Path(name).expanduser().is_dir() else name
+    return LoadedModel(key=f"pretrained:{name}", label=f"{short} (pretrained)", kind="pretrained",
+                       model=model, tokenizer=tok, history=None, family=f"pretrained:{name}")
+
+
+def corpus_spec(lm: LoadedModel) -> str | None:
+    """The corpus spec the model was trained on (from its run folder), or None (pretrained, unknown)."""
+    if lm.run_config is not None:
+        return lm.run_config.corpus
+    if lm.path is not None:
+        try:
+            return lm_runs.load_run_config(lm.path).corpus
+        except ValueError:
+            return None
+    return None
 
 
 def fallback_model() -> LoadedModel:
@@ -103,7 +197,7 @@ def fallback_model() -> LoadedModel:
     cfg = lm_core.ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=4, n_embd=64)
     model = lm_core.GPT(cfg).eval()
     return LoadedModel(key="fallback:untrained", label="untrained (default model missing)",
-                       kind="default", model=model, tokenizer=tok, history=None)
+                       kind="default", model=model, tokenizer=tok, history=None, family="fallback")
 
 
 def list_run_folders(root: Path | None = None) -> list[Any]:

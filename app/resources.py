@@ -7,14 +7,17 @@ widget change never recomputes them. Arguments starting with ``_`` are not hashe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import streamlit as st
 
 import lm_core
 from lm_core import corpora
 
-from . import compute
-from .models import LoadedModel, default_model_dir, fallback_model, folder_stamp, load_folder
+from . import circuits, compute
+from .models import (LoadedModel, at_snapshot, default_model_dir, fallback_model, folder_stamp, from_run,
+                     load_folder, load_pretrained_model, load_run, snapshot_steps)
 from .training import TrainingRegistry
 
 
@@ -41,9 +44,32 @@ def _fallback() -> LoadedModel:
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the run…")
+def run_folder(path: str, stamp: float, n_snapshots: int):
+    """A loaded ``lm_core.runs.Run`` (``stamp`` = the weights' mtime and ``n_snapshots`` the number
+    of snapshot files, so a new checkpoint or snapshot of a live run reloads it)."""
+    return load_run(path)
+
+
+@st.cache_resource(max_entries=4)
 def run_model(path: str, stamp: float) -> LoadedModel:
-    """A run folder's last checkpoint (``stamp`` = the weights' mtime, so a rewrite reloads)."""
-    return load_folder(path, "run")
+    """A run folder's last checkpoint (``stamp`` = the weights' mtime, so a rewrite reloads),
+    sharing the weights of :func:`run_folder`'s Run."""
+    return from_run(run_folder(path, stamp, len(snapshot_steps(Path(path)))), "run")
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading the weights of that step…")
+def snapshot_model(path: str, step: int, stamp: float, _n_snapshots: int, _base: LoadedModel) -> LoadedModel:
+    """``_base`` (a run's latest weights) at the snapshot of ``step`` (time travel; ``stamp`` is the
+    snapshot file's mtime)."""
+    run = run_folder(path, folder_stamp(path), _n_snapshots)
+    return at_snapshot(_base, run.load_snapshot(int(step)), int(step), stamp)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the pretrained model (the first download of GPT-2 is "
+                                                "about 550 MB)…")
+def pretrained_model(name: str) -> LoadedModel:
+    """GPT-2 or a local GPT-2-layout folder (``lm_core.load_pretrained``). Errors are not cached."""
+    return load_pretrained_model(name)
 
 
 @st.cache_resource
@@ -67,8 +93,55 @@ def inspection(model_key: str, ids: tuple[int, ...], _model: lm_core.GPT) -> dic
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def embedding_projection(model_key: str, _model: lm_core.GPT) -> dict[str, np.ndarray]:
-    return compute.embedding_projection(_model)
+def embedding_projection(model_key: str, _model: lm_core.GPT, reference_key: str | None = None,
+                         _reference: lm_core.GPT | None = None) -> dict[str, np.ndarray]:
+    """PCA of the token embeddings; with a reference model (the run's final weights), rotated
+    onto the reference's own projection (Procrustes) so that points do not jump between steps."""
+    ref = None
+    if _reference is not None and reference_key is not None and reference_key != model_key:
+        ref = embedding_projection(reference_key, _reference)
+    return compute.embedding_projection(_model, ref)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def logit_lens(model_key: str, ids: tuple[int, ...], top_k: int, _model: lm_core.GPT) -> dict[str, np.ndarray]:
+    return compute.logit_lens(_model, list(ids), top_k)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def ablation(model_key: str, ids: tuple[int, ...], heads: tuple[tuple[int, int], ...], mlps: tuple[int, ...],
+             mode: str, _model: lm_core.GPT) -> dict[str, np.ndarray]:
+    return compute.ablation(_model, list(ids), list(heads), list(mlps), mode)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def compare_predictions(key_a: str, key_b: str, ids: tuple[int, ...], _model_a: lm_core.GPT,
+                        _model_b: lm_core.GPT) -> dict[str, np.ndarray]:
+    return compute.compare_predictions(_model_a, _model_b, list(ids))
+
+
+@st.cache_data(max_entries=8, show_spinner="Ablating every head in turn…")
+def ablation_effects(model_key: str, ids: tuple[int, ...], mode: str, _model: lm_core.GPT) -> np.ndarray:
+    return compute.ablation_effects(_model, list(ids), mode)
+
+
+@st.cache_data(max_entries=8, show_spinner="Reading a validation slice of the training corpus…")
+def val_windows(spec: str, tokenizer_key: str, block_size: int, _tokenizer) -> tuple[tuple[int, ...], ...]:
+    """A fixed small slice of the corpus' validation part (its last 10%), as token windows."""
+    return compute.val_windows(_tokenizer, corpora.load_corpus(spec), block_size)
+
+
+@st.cache_data(max_entries=32, show_spinner="Computing the val loss…")
+def val_loss(model_key: str, windows: tuple[tuple[int, ...], ...], heads: tuple[tuple[int, int], ...],
+             mlps: tuple[int, ...], mode: str, _model: lm_core.GPT) -> tuple[float, float]:
+    return compute.val_loss(_model, windows, list(heads), list(mlps), mode)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def snapshot_probe_scores(path: str, step: int, stamp: float, _n_snapshots: int) -> dict[str, np.ndarray]:
+    """Probe head scores of one weight snapshot (used when the run recorded none while training)."""
+    run = run_folder(path, folder_stamp(path), _n_snapshots)
+    return circuits.probe_scores(run.load_snapshot(int(step)))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

@@ -17,8 +17,17 @@ import streamlit as st
 
 # -- keys ------------------------------------------------------------------------------------
 
-MODEL_CHOICE = "model_choice"          # sidebar: "default", "run:<path>" or "live:<run id>"
+MODEL_CHOICE = "model_choice"          # sidebar: "default", "run:<path>", "live:<run id>" or "pretrained"
 LIVE_PINS = "live_pins"                # {run id: step}: the snapshot a live model is inspected at
+TIME_STEP = "time_step"                # sidebar time travel: the weight snapshot (step) every page shows
+PRETRAINED_NAME = "pretrained_name"    # sidebar: hub name or local folder typed for "pretrained"
+PRETRAINED_LOADED = "pretrained_loaded"  # the name that loaded successfully (what "pretrained" shows)
+PRETRAINED_ERROR = "pretrained_error"  # why the last Load failed (shown until the next try)
+
+FIGURES = "figures"                    # {chart key: FigureRecord} drawn by this run of the page (export)
+EXPORT_TEXT = "export_text"            # (text, ids, pieces) the page inspects: its cache goes in the bundle
+EXPORT_SUBJECT = "export_subject"      # {config, history, name}: what the page shows when not the sidebar's model
+EXPORT = "export"                      # the last bundle built: ExportRecord
 
 INSPECT_TEXT = "inspect_text"          # Attention / Embeddings: "Text to inspect"
 ATTN_LAYER = "attn_layer"
@@ -42,6 +51,28 @@ GEN_CANDIDATES = "gen_candidates"      # the candidates chart's selection event
 
 EMB_TOKEN = "emb_token"
 EMB_K = "emb_k"
+EMB_WORD = "emb_word"                  # large vocabularies: the token typed instead of picked
+
+LENS_TOPK = "lens_topk"                # Logit lens: candidates listed per cell on hover
+LENS_POS = "lens_pos"                  # the position whose per-layer guesses are tabled
+LENS_LOG = "lens_log"                  # colour the true-next chart by log probability
+
+ABL_HEADS = "abl_heads"                # Ablation: ["L0 H1", …] heads switched off
+ABL_MLPS = "abl_mlps"                  # [layer, …] MLPs switched off
+ABL_MODE = "abl_mode"                  # "zero" | "mean"
+ABL_POS = "abl_pos"                    # position whose next-token distribution is shown
+ABL_GRID_NONCE = "abl_grid_nonce"      # bumps after each click so the grid's selection resets
+ABL_EFFECTS = "abl_effects_on"         # single-head effects asked for on a large model
+
+CMP_A = "cmp_a"                        # Compare: source of side A (a model choice, as MODEL_CHOICE)
+CMP_A_STEP = "cmp_a_step"
+CMP_B = "cmp_b"
+CMP_B_STEP = "cmp_b_step"
+CMP_LAYER = "cmp_layer"
+CMP_HEAD = "cmp_head"
+CMP_POS = "cmp_pos"
+
+CIRCUIT_KIND = "circuit_kind"          # Train: which head score the Circuits panel shows
 
 MECH_TEXT = "mech_text"
 MECH_LAYER = "mech_layer"
@@ -67,6 +98,8 @@ TRAIN_MAX_MINUTES = "train_max_minutes"
 TRAIN_LOG_Y = "train_log_y"
 TRAIN_ESTIMATE = "train_estimate"      # (settings key, seconds per step)
 TRAIN_NOTICE = "train_notice"          # a message to show once after a rerun
+TRAIN_START_INDUCTION = "train_start_induction"  # set by "Train an induction model": start on this run
+TRAIN_INDUCTION_PROBLEM = "train_induction_problem"  # why that button could not fill the settings
 
 DEFAULT_INSPECT_TEXT = "def add(a, b):\n    return a + b\ndef add(a, b):\n    return a + b\n"
 DEFAULT_PROMPT = "def "
@@ -96,6 +129,15 @@ WIDGET_DEFAULTS: dict[str, Any] = {
     TRAIN_VOCAB: 512,
     TRAIN_LOG_Y: False,
     TRAIN_MAX_MINUTES: 30,
+    PRETRAINED_NAME: "gpt2",
+    LENS_TOPK: 5,
+    LENS_LOG: False,
+    ABL_HEADS: [],
+    ABL_MLPS: [],
+    ABL_MODE: "zero",
+    CMP_LAYER: 0,
+    CMP_HEAD: 0,
+    CIRCUIT_KIND: "induction",
 }
 
 
@@ -103,6 +145,7 @@ WIDGET_DEFAULTS: dict[str, Any] = {
 PERSISTENT: tuple[str, ...] = tuple(WIDGET_DEFAULTS) + (
     TRAIN_SYNTH, TRAIN_PRESET, TRAIN_N_LAYER, TRAIN_N_HEAD, TRAIN_N_EMBD, TRAIN_BLOCK, TRAIN_BATCH,
     TRAIN_LR, TRAIN_STEPS, TRAIN_DROPOUT, EMB_TOKEN, MECH_QUERY, GEN_SCRUB, GEN_BRANCH_PICK,
+    TIME_STEP, EMB_WORD, LENS_POS, ABL_POS, CMP_A, CMP_A_STEP, CMP_B, CMP_B_STEP, CMP_POS,
 )
 
 
@@ -111,7 +154,7 @@ def init() -> None:
     ss = st.session_state
     for key, value in WIDGET_DEFAULTS.items():
         if key not in ss:
-            ss[key] = value
+            ss[key] = list(value) if isinstance(value, list) else value  # never share a list between sessions
     for key in PERSISTENT:
         if key in ss:
             ss[key] = ss[key]
@@ -196,6 +239,7 @@ class GenTrace:
     steps: list[StepRecord] = field(default_factory=list)
     prompt_note: str = ""       # e.g. "the prompt was cut to the last 64 tokens"
     branch_note: str = ""
+    model_family: str = ""      # the run the weights came from, whatever the step (time travel)
 
     @property
     def ids(self) -> list[int]:
@@ -208,3 +252,60 @@ def gen_trace() -> GenTrace | None:
 
 def set_gen_trace(trace: GenTrace | None) -> None:
     st.session_state[GEN_TRACE] = trace
+
+
+# -- what the page drew (for the export bundle) ---------------------------------------------------
+
+
+@dataclass
+class FigureRecord:
+    """A figure a page drew in this run: its file name stem, the figure and its caption."""
+
+    name: str
+    figure: Any                 # plotly.graph_objects.Figure
+    caption: str = ""
+
+
+@dataclass
+class ExportRecord:
+    """The last bundle built: shown as a download button on the page it was built for."""
+
+    page: str
+    file_name: str
+    data: bytes
+    notes: list[str] = field(default_factory=list)
+
+
+def clear_page_record() -> None:
+    """Forget the figures and text of the previous run (``main.py``, at each full run)."""
+    st.session_state[FIGURES] = {}
+    st.session_state.pop(EXPORT_TEXT, None)
+    st.session_state.pop(EXPORT_SUBJECT, None)
+
+
+def register_figure(key: str, name: str, figure: Any, caption: str = "") -> None:
+    """Remember a drawn figure under its chart key (a fragment rerun replaces it in place)."""
+    st.session_state.setdefault(FIGURES, {})[key] = FigureRecord(name=name, figure=figure, caption=caption)
+
+
+def figures() -> dict[str, FigureRecord]:
+    return dict(st.session_state.get(FIGURES, {}))
+
+
+def set_export_text(text: str, ids: list[int], pieces: list[str]) -> None:
+    """The text this page inspects: the export bundle captures its activations."""
+    st.session_state[EXPORT_TEXT] = (text, list(ids), list(pieces))
+
+
+def export_text() -> tuple[str, list[int], list[str]] | None:
+    return st.session_state.get(EXPORT_TEXT)
+
+
+def set_export_subject(config: dict, history: Any, name: str) -> None:
+    """The page shows another model than the sidebar's (the Train page's run): the bundle's
+    config and history are this one's."""
+    st.session_state[EXPORT_SUBJECT] = {"config": dict(config), "history": history, "name": name}
+
+
+def export_subject() -> dict | None:
+    return st.session_state.get(EXPORT_SUBJECT)

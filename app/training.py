@@ -20,7 +20,7 @@ from typing import Any
 import lm_core
 from lm_core.train import TrainSnapshot, Trainer
 
-from .models import LoadedModel
+from .models import LoadedModel, head_scores_frame
 
 ACTIVE = ("idle", "running", "paused")
 MAX_KEPT_JOBS = 3           # finished jobs kept in memory; their run folders stay on disk
@@ -141,4 +141,5 @@ class TrainingRegistry:
             key=f"live:{run_id}@{snap.step}", label=f"{run_id} · step {snap.step} (live)", kind="live",
             model=model, tokenizer=job.tokenizer, history=snap.history, path=job.run_dir,
             corpus=job.corpus_name, step=snap.step, samples=snap.samples,
+            family=f"run:{job.run_dir.resolve()}", final_step=snap.step, head_scores=head_scores_frame(snap),
         )

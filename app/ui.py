@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from . import state
 from .figures import visible
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -44,8 +45,10 @@ def chart(fig: go.Figure, key: str, caption: str, name: str | None = None,
           downloads: bool = True):
     """Draw ``fig``, its caption (how to read it) and PNG / HTML downloads (built only when
     clicked; the modebar's camera icon also saves a PNG in the browser). Returns the selection
-    event when ``on_select`` is not "ignore"."""
+    event when ``on_select`` is not "ignore". The figure is also registered for the page's
+    export bundle (sidebar, "Export bundle")."""
     name = name or key
+    state.register_figure(key, _file_stem(name), fig, caption)  # the export bundle takes what the page drew
     kwargs = {}
     if on_select != "ignore":
         kwargs = {"on_select": on_select, "selection_mode": selection_mode}
@@ -101,3 +104,11 @@ def show_problem(exc: BaseException, what_to_do: str = "") -> None:
 def page_header(title: str, blurb: str) -> None:
     st.title(title)
     st.caption(blurb)
+
+
+def time_travel_note(lm) -> None:
+    """One line saying which training step's weights the page shows, when it is not the latest."""
+    if getattr(lm, "time_travelling", False):
+        st.info(f"Time travel: these are the weights of **step {lm.step:,}** (the run's latest is step "
+                f"{lm.final_step:,}). Move the slider in the sidebar to change the step.",
+                icon=":material/history:")

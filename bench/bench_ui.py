@@ -9,6 +9,9 @@ Metrics:
 * ``text_to_redraw_s``: on Attention, new text committed (Ctrl+Enter) until the large heatmap
   shows it (median of ``--repeats``; DESIGN §5 target: under 1 s for the default model);
 * ``next_token_round_trip_s``: ``Next token`` clicked until the new token is on the page (median);
+* ``page_load_s`` (one line per page: Logit lens, Ablation, Compare): navigation until every figure is
+  drawn and no spinner shows;
+* ``export_bundle_s``: "Export bundle" clicked on Attention until its download button appears;
 * ``train_tokens_per_s_app`` / ``train_tokens_per_s_cli`` / ``train_app_vs_cli``: the same small
   configuration trained for ``--train-seconds`` in the app (started from the browser, live view
   polling) and with ``python -m lm_core train`` (median tokens/s of the logged rows after the
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -152,6 +156,20 @@ def main() -> int:
                     settle(page, quiet_ms=300)
                 emit("next_token_round_trip_s", round(statistics.median(times), 3), "s",
                      runs=[round(t, 3) for t in times])
+
+                # the pages added later: navigation until every figure is drawn (warm server, default model)
+                for name in ("logit-lens", "ablation", "compare"):
+                    t0 = time.perf_counter()
+                    open_page(page, f"{url}/{name}")
+                    emit("page_load_s", round(time.perf_counter() - t0, 3), "s", page=name)
+
+                open_page(page, url)
+                t0 = time.perf_counter()
+                page.get_by_role("button", name="Export bundle").click()
+                page.get_by_role("button", name=re.compile(r"^Download bundle")).wait_for(timeout=120_000)
+                emit("export_bundle_s", round(time.perf_counter() - t0, 3), "s", page="Attention",
+                     note="zip of the page's figures as HTML and PNG (kaleido starts a headless Chromium), "
+                          "config, history and activation cache")
 
                 if not args.skip_training:
                     app_tps = app_training(page, url, args.train_seconds, runs)

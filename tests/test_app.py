@@ -41,6 +41,9 @@ def make_tiny_run(path: Path, steps: int = 30) -> Path:
     return path
 
 
+_DEFAULT_DIR: list[Path] = []  # one stand-in per session, also when test_app_beyond.py imports this fixture
+
+
 @pytest.fixture(scope="session")
 def default_model_dir(tmp_path_factory) -> Path:
     shipped = ROOT / "assets" / "default"
@@ -48,7 +51,9 @@ def default_model_dir(tmp_path_factory) -> Path:
         lm_runs.load_run(shipped)
         return shipped
     except ValueError:
-        return make_tiny_run(tmp_path_factory.mktemp("default") / "run")
+        if not _DEFAULT_DIR:
+            _DEFAULT_DIR.append(make_tiny_run(tmp_path_factory.mktemp("default") / "run"))
+        return _DEFAULT_DIR[0]
 
 
 @pytest.fixture
@@ -282,6 +287,7 @@ def test_start_pause_resume_stop_changes_state(env):
     job = reg.active_job()
     assert job is not None and job.status == "running"
     assert job.model_config.n_layer == 1 and job.train_config.max_seconds == 30 * 60
+    assert job.train_config.snapshots == lm_core.TrainConfig().snapshots  # kept for time travel
     assert at.button(key="train_btn_start").disabled  # a second start is impossible from the UI
     assert _wait_for(lambda: len(job.trainer.history) >= 1)
     at.run()  # the live view shows the run

@@ -1,8 +1,9 @@
 """The real app in a real browser: ``streamlit run app/main.py`` driven by Playwright + Chromium.
 
 Opens every page (no exception box), trains a model and watches the live view change, types
-into ``Text to inspect`` and sees the heatmaps change, presses ``Next token`` three times, and
-uploads a binary file. Saves a screenshot of each page to ``docs/screenshots/`` (the README
+into ``Text to inspect`` and sees the heatmaps change, presses ``Next token`` three times,
+uploads a binary file, switches a head off and on by clicking the Ablation grid, and exports a
+bundle and reads it back. Saves a screenshot of each page to ``docs/screenshots/`` (the README
 shows them). Needs Debian's Chromium at /usr/bin/chromium: without it the test skips, except
 under ``CI`` where that is a failure.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -121,11 +123,13 @@ def open_page(page, url: str, charts: bool = True) -> None:
 
 
 def settle(page, quiet_ms: int = 600, timeout: float = 30.0) -> None:
-    """Wait until no script runs and the number of drawn charts stops changing."""
+    """Wait until no script runs, no spinner shows and the number of drawn charts stops changing."""
     wait_idle(page, timeout)
     last, t0, stable_since = -1, time.time(), time.time()
     while time.time() - t0 < timeout:
         n = page.locator(".js-plotly-plot .main-svg").count()
+        if page.locator("[data-testid='stSpinner']").count():
+            n = -2  # a cached computation is still running: not settled
         if n != last:
             last, stable_since = n, time.time()
         elif (time.time() - stable_since) * 1000 >= quiet_ms:
@@ -191,7 +195,7 @@ def test_app_in_chromium(tmp_path):
         page.on("pageerror", lambda e: errors.append(str(e)))
 
         # every page opens without an exception box
-        for name in ("attention", "generate", "embeddings", "mechanics", "train"):
+        for name in ("attention", "generate", "embeddings", "logit-lens", "ablation", "compare", "mechanics", "train"):
             open_page(page, f"{url}/{'' if name == 'attention' else name}", charts=name not in ("generate", "train"))
             assert not exceptions(page), (name, exceptions(page))
             if name != "train":
@@ -232,6 +236,23 @@ def test_app_in_chromium(tmp_path):
         page.wait_for_selector("[data-testid='stAlert']:has-text('binary')", timeout=30_000)
         assert not exceptions(page)
 
+        # Time travel: pick the run just trained and move the sidebar slider to its first snapshot
+        open_page(page, url)
+        page.get_by_role("combobox", name="Model").click()
+        page.get_by_role("option", name=re.compile(r"stopped")).click()
+        thumb = page.locator("[data-testid='stSidebar'] input[aria-label='Weights at step']")
+        thumb.wait_for(timeout=60_000)
+        settle(page)
+        thumb.focus()
+        page.keyboard.press("Home")
+        page.wait_for_selector("[data-testid='stAlert']:has-text('Time travel')", timeout=30_000)
+        settle(page)
+        assert not exceptions(page)
+        shoot(page, SHOTS / "time-travel.png")
+        page.get_by_role("combobox", name="Model").click()
+        page.get_by_role("option", name=re.compile(r"^Default model")).click()
+        settle(page)
+
         # Attention: new text redraws the heatmaps
         open_page(page, url)
         before = plot_y(page)
@@ -263,11 +284,40 @@ def test_app_in_chromium(tmp_path):
         settle(page)
         shoot(page, SHOTS / "generate.png")
         # clicking another candidate branches: the chosen token is marked, generation goes on from it
-        bar = page.locator(".js-plotly-plot").first.locator(".barlayer .trace").nth(0).locator(".point").nth(1)
+        other = page.evaluate("() => document.querySelector('.js-plotly-plot').data[1].marker.color"
+                              ".findIndex(c => c !== '#e4572e')")  # the first candidate that was not drawn
+        bar = page.locator(".js-plotly-plot").first.locator(".barlayer .trace").nth(0).locator(".point").nth(other)
         box = bar.bounding_box()
         page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         page.wait_for_function("() => [...document.querySelectorAll('.lm-gen')].some(e => "
                                "e.getAttribute('style').includes('fde2d8'))", timeout=30_000)
+        assert not exceptions(page)
+
+        # Ablation: clicking a cell of the heads grid switches that head off, clicking it again back on
+        open_page(page, f"{url}/ablation")
+        heads_box = page.locator("[data-testid='stMultiSelect']").first
+        click_cell(page, 0, x=1, y=0)  # layer 0, head 1
+        page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stMultiSelect\"]')]"
+                               ".some(e => e.innerText.includes('L0 H1'))", timeout=30_000)
+        settle(page)
+        click_cell(page, 0, x=1, y=0)
+        page.wait_for_function("() => ![...document.querySelectorAll('[data-testid=\"stMultiSelect\"]')]"
+                               ".some(e => e.innerText.includes('L0 H1'))", timeout=30_000)
+        assert "L0 H1" not in heads_box.inner_text()
+        assert not exceptions(page)
+
+        # Export: one click builds the bundle of the page, which downloads and reads back
+        open_page(page, url)
+        page.get_by_role("button", name="Export bundle").click()
+        download = page.get_by_role("button", name=re.compile(r"^Download bundle"))
+        download.wait_for(timeout=120_000)
+        with page.expect_download(timeout=60_000) as dl:
+            download.click()
+        from lm_core.export import read_bundle
+
+        bundle = read_bundle(Path(dl.value.path()).read_bytes())
+        assert bundle.meta["page"] == "Attention" and "index.html" in bundle.figures
+        assert "blocks.0.attn.hook_pattern" in bundle.cache
         assert not exceptions(page)
         assert not errors, errors

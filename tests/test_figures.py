@@ -256,3 +256,108 @@ def test_every_builder_returns_serialisable_figure():
     ]
     for f in figs:
         json.loads(f.to_json())
+
+
+# -- circuits, logit lens, ablation, compare -----------------------------------------------------------
+
+
+def _heads(L: int, H: int):
+    return [(l, h) for l in range(L) for h in range(H)]
+
+
+def test_head_scores_over_time_rows_are_heads_columns_steps():
+    z = np.random.default_rng(0).random((6, 4))
+    fig = F.head_scores_over_time(z, [0, 10, 20, 30], _heads(3, 2), "induction", marks=[20])
+    (hm,) = fig.data
+    assert _is_f32(hm.z) and hm.z.shape == (6, 4)
+    assert list(hm.y) == ["L0 H0", "L0 H1", "L1 H0", "L1 H1", "L2 H0", "L2 H1"]
+    assert list(hm.x) == ["0", "10", "20", "30"] and (hm.zmin, hm.zmax) == (0.0, 1.0)
+    assert fig.layout.yaxis.autorange == "reversed" and len(fig.layout.shapes) == 1
+    assert F.head_scores_over_time(z, [0, 10, 20, 30], _heads(3, 2), "entropy", zrange=None).data[0].zmax is None
+    with pytest.raises(ValueError, match="heads"):
+        F.head_scores_over_time(z, [0, 10], _heads(3, 2), "induction")
+
+
+def test_head_score_lines_one_per_head_coloured_by_layer_and_highlight():
+    z = np.random.default_rng(1).random((4, 5))
+    fig = F.head_score_lines(z, [0, 1, 2, 3, 4], _heads(2, 2), "induction", highlight=(1, 0), marks=[3])
+    assert [t.name for t in fig.data] == ["L0 H0", "L0 H1", "L1 H0", "L1 H1"]
+    assert fig.data[0].line.color == fig.data[1].line.color != fig.data[2].line.color
+    assert fig.data[2].line.width > fig.data[3].line.width
+    assert all(_is_f32(t.y) for t in fig.data) and len(fig.layout.shapes) == 1
+
+
+def test_loss_curves_marks_a_step():
+    fig = F.loss_curves(_history(), marks=[(200, "induction head forms (L1 H2)")])
+    assert fig.layout.shapes[0].x0 == 200 and fig.layout.shapes[0].line.dash == "dash"
+    assert "L1 H2" in fig.layout.annotations[0].text
+    assert not F.loss_curves(_history()).layout.shapes
+
+
+def test_logit_lens_heatmap_writes_top_tokens_and_colours_probability():
+    R, T = 3, 4
+    p = np.random.default_rng(2).random((R, T))
+    pieces = [["a", " ", "\n", "b"]] * R
+    hover = [[f"r{r}t{t}" for t in range(T)] for r in range(R)]
+    fig = F.logit_lens_heatmap(p, pieces, ["embeddings", "after block 0", "after block 1"],
+                               F.token_labels(list("abab")), hover=hover)
+    (hm,) = fig.data
+    assert _is_f32(hm.z) and hm.z.shape == (R, T) and (hm.zmin, hm.zmax) == (0.0, 1.0)
+    assert list(hm.text[0]) == ["a", "␣", "↵", "b"]  # whitespace made visible
+    assert hm.texttemplate == "%{text}" and hm.customdata[2][3] == "r2t3"
+    assert list(hm.y)[0] == "embeddings" and fig.layout.yaxis.autorange == "reversed"
+    with pytest.raises(ValueError):
+        F.logit_lens_heatmap(p, pieces, ["x"], F.token_labels(list("abab")))
+
+
+def test_true_next_heatmap_linear_and_log():
+    p = np.array([[0.5, 1e-8], [0.9, 0.01]])
+    labels, nxt = ["0·a", "1·b"], ["b", " "]
+    lin = F.true_next_heatmap(p, ["embeddings", "after block 0"], labels, nxt)
+    assert _is_f32(lin.data[0].z) and lin.data[0].zmax == 1.0
+    assert lin.data[0].customdata[0][1] == "␣"
+    log = F.true_next_heatmap(p, ["embeddings", "after block 0"], labels, nxt, log=True)
+    assert log.data[0].zmin == -6.0 and log.data[0].z[0, 1] == pytest.approx(-6.0)  # clipped
+    assert log.data[0].z[1, 0] == pytest.approx(np.log10(0.9), abs=1e-6)
+
+
+def test_ablation_grid_marks_off_heads_and_cells_are_clickable():
+    off = np.zeros((3, 4), dtype=bool)
+    off[1, 2] = off[2, 0] = True
+    effects = np.linspace(-0.5, 1.0, 12).reshape(3, 4)
+    fig = F.ablation_grid(off, effects)
+    hm, crosses, overlay = fig.data
+    assert _is_f32(hm.z) and hm.zmin == -hm.zmax == -1.0  # signed, centred on 0
+    assert sorted(zip(crosses.y, crosses.x)) == [(1, 2), (2, 0)]
+    assert len(fig.layout.shapes) == 2 and fig.layout.clickmode == "event+select"
+    cells = {tuple(cd) for cd in overlay.customdata}
+    assert cells == {(l, h) for l in range(3) for h in range(4)}
+    assert "off" in overlay.text[6] and "on" in overlay.text[0]  # (1, 2) is cell 6
+    plain = F.ablation_grid(np.zeros((2, 2), dtype=bool))
+    assert plain.data[0].showscale is False and len(plain.data[1].x) == 0
+    with pytest.raises(ValueError):
+        F.ablation_grid(off, np.zeros((2, 2)))
+
+
+def test_before_after_bar_two_series_and_highlight():
+    fig = F.before_after_bar(["#1 a", "#2 b"], [0.6, 0.3], [0.2, 0.7], "next", names=("A", "B"), highlight=1)
+    before, after = fig.data
+    assert (before.name, after.name) == ("A", "B") and _is_f32(before.x) and _is_f32(after.x)
+    assert after.marker.color[1] == F.ACCENT and after.marker.color[0] == F.PRIMARY
+    assert fig.layout.barmode == "group" and fig.layout.yaxis.autorange == "reversed"
+    with pytest.raises(ValueError):
+        F.before_after_bar(["a"], [0.1, 0.2], [0.1], "x")
+
+
+def test_attention_difference_is_b_minus_a_with_the_future_blank():
+    a, b = _causal(5, 0), _causal(5, 1)
+    fig = F.attention_difference(a, b, F.token_labels(list("hello")), "B − A")
+    z = fig.data[0].z
+    assert _is_f32(z)
+    low = np.tril_indices(5)
+    np.testing.assert_allclose(z[low], (b - a)[low], atol=1e-6)
+    assert np.isnan(z[np.triu_indices(5, 1)]).all()
+    assert fig.data[0].zmin == -fig.data[0].zmax  # centred on 0
+    np.testing.assert_allclose(np.nansum(z, axis=1), 0.0, atol=1e-5)  # rows of two distributions
+    with pytest.raises(ValueError):
+        F.attention_difference(a, b[:4, :4], F.token_labels(list("hello")), "x")

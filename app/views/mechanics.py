@@ -17,6 +17,7 @@ ui.page_header("Mechanics", "From token ids to the probability of the next token
 
 lm = active_model()
 cfg = lm.config
+ui.time_travel_note(lm)
 D, H, Dh = cfg.n_embd, cfg.n_head, cfg.head_dim
 
 c1, c2, c3 = st.columns([4, 1, 1])
@@ -39,6 +40,7 @@ with tab_fwd:
     if enc is not None:
         if enc.note:
             st.warning(enc.note, icon=":material/content_cut:")
+        state.set_export_text(text, enc.ids, enc.pieces)
         w = resources.walkthrough(lm.key, tuple(enc.ids), int(layer), int(head), _model=lm.model)
         labels = enc.labels
         T = len(labels)

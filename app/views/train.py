@@ -6,6 +6,8 @@ import re
 import shutil
 import time
 
+import numpy as np
+import pandas as pd
 import streamlit as st
 import torch
 
@@ -15,15 +17,16 @@ from lm_core.presets import PRESETS
 from lm_core.tokenizers import MIN_BPE_VOCAB_SIZE, BPETokenizer, CharTokenizer
 from lm_core.train import Trainer
 
-from app import compute, figures, resources, state, ui
+from app import circuits, compute, figures, resources, state, ui
 from app.active import active_model
-from app.models import runs_root
+from app.models import head_scores_frame, runs_root, snapshot_stamp, snapshot_steps
 from app.training import AlreadyTraining, TrainingJob
 
 POLL_S = 1.5                # live view refresh while a run is active (each poll costs ~0.1 s of CPU)
 PREVIEW_CHARS = 600
 SOURCES = ["Built-in", "Tiny Shakespeare", "Upload a .txt", "Paste text", "Synthetic task"]
 DEFAULT_PRESET = "default"
+INDUCTION_PRESET = "induction"
 AUTO_MEASURE_FLOPS = 3e10   # measure the step time automatically below this much work per step
 
 ui.page_header("Train", "Train a small GPT on a text of your choice and watch its loss, gradients and "
@@ -237,7 +240,10 @@ def _train_overrides() -> dict:
     ss = st.session_state
     preset = PRESETS[ss[state.TRAIN_PRESET]]
     steps = int(ss[state.TRAIN_STEPS])
-    over = {k: v for k, v in preset.train.items() if k not in ("max_seconds", "schedule")}
+    # A preset's folder-size settings (the shipped default keeps no snapshots) do not apply here: a
+    # run trained in the app keeps its weight snapshots, for time travel and the circuits panel.
+    skip = ("max_seconds", "schedule", "snapshots", "save_best", "keep_resume_state")
+    over = {k: v for k, v in preset.train.items() if k not in skip}
     over.update(
         batch_size=int(ss[state.TRAIN_BATCH]), learning_rate=float(ss[state.TRAIN_LR]), max_steps=steps,
         max_seconds=60.0 * int(ss[state.TRAIN_MAX_MINUTES]),
@@ -245,6 +251,9 @@ def _train_overrides() -> dict:
         log_interval=max(1, min(10, steps // 50 or 1)),
         checkpoint_interval=max(50, min(int(over.get("checkpoint_interval", 500)), steps)),
     )
+    if ss[state.TRAIN_PRESET] == INDUCTION_PRESET:
+        # head scores are recorded at each evaluation: ~20 of them draw the induction head forming
+        over["eval_interval"] = max(10, steps // 20)
     over["warmup_steps"] = min(int(over.get("warmup_steps", 100)), max(0, steps // 10))
     over["min_lr"] = min(float(over.get("min_lr", 1e-4)), over["learning_rate"])
     if preset.train.get("schedule") == "time":
@@ -307,6 +316,37 @@ def _start(mc: lm_core.ModelConfig, train_over: dict) -> bool:
     return False
 
 
+def _fill_induction() -> None:
+    """"Train an induction model": the induction preset with its corpus and tokenizer, started on this run."""
+    ss = st.session_state
+    preset = PRESETS[INDUCTION_PRESET]
+    task = preset.corpus.split(":", 1)[1]
+    ss[state.TRAIN_SOURCE] = "Synthetic task"
+    ss[state.TRAIN_SYNTH] = task
+    try:
+        _set_corpus(preset.corpus, preset.corpus, resources.corpus_text(preset.corpus))
+    except ValueError as e:
+        ss[state.TRAIN_INDUCTION_PROBLEM] = str(e)
+        return
+    ss[state.TRAIN_TOKENIZER] = preset.tokenizer
+    ss[state.TRAIN_PRESET] = INDUCTION_PRESET
+    _apply_preset()
+    ss[state.TRAIN_START_INDUCTION] = True
+
+
+def induction_box() -> None:
+    box = st.container(border=True)
+    a, b = box.columns([3, 1.3], vertical_alignment="center")
+    a.markdown(f"**Watch an induction head form.** One click trains the `{INDUCTION_PRESET}` preset: "
+               f"{PRESETS[INDUCTION_PRESET].description}. The *Circuits* panel of the live view shows every head's "
+               f"induction score as it rises, and the loss curve marks the step where one forms.")
+    b.button("Train an induction model", key="train_btn_induction", icon=":material/bolt:", on_click=_fill_induction,
+             disabled=active, help="Fills the settings with the 'induction' preset and starts training.")
+    problem = st.session_state.pop(state.TRAIN_INDUCTION_PROBLEM, None)
+    if problem:
+        box.error(f"Could not load the induction corpus: {problem}", icon=":material/error:")
+
+
 def controls(mc, train_over) -> None:
     st.subheader("4 · Run")
     status = job.status if job is not None else "idle"
@@ -318,7 +358,8 @@ def controls(mc, train_over) -> None:
     stop = c[3].button("Stop", icon=":material/stop:", key="train_btn_stop", disabled=not active)
     if active:
         c[4].caption(f"Run **{job.run_id}** is {status}. Stop it to start another.")
-    if start and mc is not None and _start(mc, train_over):
+    start_induction = st.session_state.pop(state.TRAIN_START_INDUCTION, False) and not active
+    if (start or start_induction) and mc is not None and _start(mc, train_over):
         st.rerun()
     if job is not None:
         if pause:
@@ -336,8 +377,68 @@ def controls(mc, train_over) -> None:
 # -- 5. live view ---------------------------------------------------------------------------------
 
 
-def history_view(hist, samples: list, name: str, key_prefix: str = "train") -> None:
-    """Metrics and charts of a training history (live or saved)."""
+def head_score_history(recorded, run_dir) -> tuple[pd.DataFrame, str]:
+    """The head scores of a run over training, and where they come from: recorded by the trainer
+    at each evaluation, or (runs without that record) computed from its weight snapshots."""
+    recorded = head_scores_frame(recorded)
+    if len(recorded):
+        return recorded, "recorded at each evaluation"
+    steps = snapshot_steps(run_dir) if run_dir is not None else []
+    if len(steps) < 2:
+        return recorded, ""
+    path = str(run_dir.resolve())
+    per_step = [(s, resources.snapshot_probe_scores(path, s, snapshot_stamp(run_dir, s), len(steps))) for s in steps]
+    return circuits.long_frame(per_step), f"computed from the run's {len(steps)} weight snapshots"
+
+
+def circuits_view(scores: pd.DataFrame, source: str, bump, name: str, key_prefix: str, live: bool) -> None:
+    """Head scores of every head over the steps: which circuits formed, and when."""
+    st.markdown("#### :material/hub: Circuits")
+    if not len(scores):
+        if live:
+            st.caption("No head scores yet: they are measured at each evaluation on a fixed probe (random tokens "
+                       "repeated twice), and appear here with the first one.")
+        else:
+            st.caption("This run recorded no head scores and kept no weight snapshots to measure them on, so "
+                       "there is nothing to show here. Runs trained now record them.")
+        return
+    kinds = [k for k in circuits.KINDS if k in set(scores["kind"])]
+    if st.session_state.get(state.CIRCUIT_KIND) not in kinds:
+        st.session_state[state.CIRCUIT_KIND] = kinds[0]
+    kind = st.radio("Head score", kinds, key=state.CIRCUIT_KIND, horizontal=True,
+                    format_func=lambda k: circuits.KINDS[k],
+                    help="induction: attention to the token after an earlier copy of the current one; previous "
+                         "token: to the token just before; duplicate token: to earlier copies of the same token; "
+                         "entropy: how spread out the attention is (nats; low = focused).")
+    z, steps, heads = circuits.matrix(scores, kind)
+    label = circuits.KINDS[kind]
+    marks = [bump.step] if bump is not None else []
+    if bump is not None:
+        focus = (bump.layer, bump.head)
+    else:  # the head with the highest final score (lowest entropy)
+        last = np.nan_to_num(z[:, -1], nan=np.inf if kind == "entropy" else -np.inf)
+        focus = heads[int(np.argmin(last) if kind == "entropy" else np.argmax(last))]
+    c1, c2 = st.columns([3, 2])
+    with c1:
+        ui.chart(figures.head_scores_over_time(z, steps, heads, label, zrange=None if kind == "entropy" else (0.0, 1.0),
+                                               marks=marks),
+                 key=f"{key_prefix}_circuits_heat", name=f"circuits-{kind}-{name}",
+                 caption=f"Every head (rows: layer · head) at each measured step (columns), coloured by its {label} "
+                         f"score on a fixed probe of random tokens repeated twice ({source}). A row that lights up is "
+                         f"a head taking on that job.")
+    with c2:
+        ui.chart(figures.head_score_lines(z, steps, heads, label, highlight=focus, marks=marks),
+                 key=f"{key_prefix}_circuits_lines", name=f"circuits-{kind}-lines-{name}",
+                 caption=f"The same, one line per head (colour = layer); L{focus[0]} H{focus[1]} is drawn thick. "
+                         + circuits.RULE_TEXT)
+        ui.csv_download(scores, f"head-scores-{name}", key=f"{key_prefix}_circuits_csv", label="Head scores CSV")
+
+
+def history_view(hist, samples: list, name: str, key_prefix: str = "train", head_scores=None,
+                 run_dir=None, live: bool = False) -> None:
+    """Metrics and charts of a training history (live or saved), with the circuits forming."""
+    scores, source = head_score_history(head_scores, run_dir)
+    bump = circuits.induction_bump(scores)
     last = hist.iloc[-1].to_dict() if len(hist) else {}
 
     def num(v):
@@ -356,10 +457,14 @@ def history_view(hist, samples: list, name: str, key_prefix: str = "train") -> N
     c1, c2 = st.columns([3, 2])
     with c1:
         log_y = st.toggle("Log scale", key=state.TRAIN_LOG_Y)
-        ui.chart(figures.loss_curves(hist, log_y=log_y), key=f"{key_prefix}_loss_chart", name=f"loss-{name}",
+        marks = [(bump.step, bump.label())] if bump is not None else []
+        ui.chart(figures.loss_curves(hist, log_y=log_y, marks=marks), key=f"{key_prefix}_loss_chart",
+                 name=f"loss-{name}",
                  caption="Cross-entropy per token against the training step: the line is each step's training "
                          "batch, the diamonds the held-out validation text (the last 10% of the corpus). "
-                         "Lower is better; val above train means over-fitting.")
+                         "Lower is better; val above train means over-fitting."
+                         + (f" The dashed line: an induction head (L{bump.layer} H{bump.head}) forms at step "
+                            f"{bump.step:,}; see Circuits below." if bump is not None else ""))
         ui.csv_download(hist, f"history-{name}", key=f"{key_prefix}_hist_csv", label="History CSV")
     with c2:
         ui.chart(figures.throughput_chart(hist), key=f"{key_prefix}_tps_chart", name=f"throughput-{name}",
@@ -372,6 +477,7 @@ def history_view(hist, samples: list, name: str, key_prefix: str = "train") -> N
             st.code(s["text"][:800], language=None)
         else:
             st.caption("The first sample appears at the first evaluation.")
+    circuits_view(scores, source, bump, name, key_prefix, live=live)
     c3, c4 = st.columns(2)
     with c3:
         ui.chart(figures.grad_norm_heatmap(hist), key=f"{key_prefix}_grad_chart", name=f"gradient-norms-{name}",
@@ -408,7 +514,11 @@ def live_view() -> None:
     elif snap.status in ("finished", "stopped"):
         st.success(f"Run **{job.run_id}** {snap.status} at step {step:,} ({snap.reason}). It is saved in "
                    f"{job.run_dir} and listed in the sidebar.", icon=":material/check_circle:")
-    history_view(snap.history, snap.samples, job.run_id)
+    state.set_export_subject({"model": job.model_config.to_dict(), "train": tc.to_dict(), "corpus": job.corpus_name,
+                              "tokenizer": getattr(job.tokenizer, "kind", None), "source": job.run_id, "step": step},
+                             snap.history, job.run_id)
+    history_view(snap.history, snap.samples, job.run_id, head_scores=snap, run_dir=job.run_dir,
+                 live=st.session_state["_train_was_active"])
 
 
 notice = st.session_state.pop(state.TRAIN_NOTICE, None)
@@ -418,6 +528,7 @@ if notice:
 if active:
     st.info(f"Run **{job.run_id}** is {job.status}; its settings are locked until it ends. The live view is below.",
             icon=":material/model_training:")
+induction_box()
 with st.expander("Set up a new run", expanded=not active):
     corpus_section()
     tokenizer_section()
@@ -433,7 +544,8 @@ else:
         st.subheader(f"How the active model was trained: {lm.label}")
         st.caption("No run started from this page yet; below is the saved history of the model chosen in the "
                    "sidebar. Press **Start training** and the live view replaces it.")
-        history_view(lm.history, lm.samples, lm.label.split(" ")[0], key_prefix="saved")
+        history_view(lm.history, lm.samples, lm.label.split(" ")[0], key_prefix="saved",
+                     head_scores=lm, run_dir=lm.path)
     else:
         st.info("No run yet. Press **Start training**; the charts appear here and update by themselves.",
                 icon=":material/lightbulb:")

@@ -1,0 +1,168 @@
+"""Ablation: switch heads or MLPs off and see what the model loses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app import figures, resources, state, ui
+from app.active import active_model
+from app.compute import InputProblem, encode_text, head_label, inspect_limit, parse_head
+from app.models import corpus_spec
+
+AUTO_EFFECTS_COST = 5e9   # parameters × heads × tokens below which every head's effect is computed unasked
+
+ui.page_header("Ablation", "Switch attention heads, or a whole layer's MLP, off and watch the next-token "
+               "distribution, the loss on your text and the validation loss change. Built on the model's "
+               "hooks (run_with_hooks): a head is cut at its output z, before the output projection.")
+
+lm = active_model()
+cfg = lm.config
+L, H = cfg.n_layer, cfg.n_head
+ui.time_travel_note(lm)
+
+text = st.text_area("Text to inspect", key=state.INSPECT_TEXT, height=90,
+                    help="The same text as on the Attention page. The loss is the mean cross-entropy of each "
+                         "token given the ones before it.")
+try:
+    enc = encode_text(lm.tokenizer, text, **inspect_limit(cfg), keep="start", what="text to inspect")
+    if len(enc.ids) < 2:
+        raise InputProblem("The text is a single token; type at least two so there is a next token to predict.")
+except InputProblem as e:
+    ui.show_problem(e)
+    st.stop()
+if enc.note:
+    st.warning(enc.note, icon=":material/content_cut:")
+state.set_export_text(text, enc.ids, enc.pieces)
+T = len(enc.ids)
+
+# -- what is switched off -----------------------------------------------------------------------
+all_heads = [head_label(l, h) for l in range(L) for h in range(H)]
+ss = st.session_state
+kept = [x for x in ss.get(state.ABL_HEADS) or [] if x in all_heads]
+if kept != list(ss.get(state.ABL_HEADS) or []):
+    ss[state.ABL_HEADS] = kept  # another model: heads it does not have are dropped
+kept_mlps = [m for m in ss.get(state.ABL_MLPS) or [] if m in range(L)]
+if kept_mlps != list(ss.get(state.ABL_MLPS) or []):
+    ss[state.ABL_MLPS] = kept_mlps
+ss.setdefault(state.ABL_GRID_NONCE, 0)
+
+
+def _toggle_from_grid() -> None:
+    """Callback of the heads grid: a clicked cell switches that head off (or back on)."""
+    event = ss.get(f"abl_grid_{ss[state.ABL_GRID_NONCE]}") or {}
+    heads = list(ss.get(state.ABL_HEADS) or [])
+    clicked = {head_label(int(round(p["y"])), int(round(p["x"])))  # the overlay's points: x = head, y = layer
+               for p in (event.get("selection") or {}).get("points") or [] if "x" in p and "y" in p}
+    for label in sorted(clicked & set(all_heads)):
+        if label in heads:
+            heads.remove(label)
+        else:
+            heads.append(label)
+    ss[state.ABL_HEADS] = heads
+    ss[state.ABL_GRID_NONCE] += 1  # a new chart key: its selection is cleared, so the same cell can be clicked again
+
+
+def _reset() -> None:
+    ss[state.ABL_HEADS] = []
+    ss[state.ABL_MLPS] = []
+
+
+c1, c2, c3 = st.columns([1.2, 3, 1])
+mode = c1.radio("Ablation", ["zero", "mean"], key=state.ABL_MODE, horizontal=True,
+                format_func=lambda m: {"zero": "zero", "mean": "mean"}[m],
+                help="zero: the head's output (or the MLP's) is set to 0. mean: it is replaced at every position by "
+                     "its mean over the positions of this text, which removes what is specific to each token but "
+                     "keeps the average signal.")
+c2.pills("MLPs switched off", list(range(L)), selection_mode="multi", key=state.ABL_MLPS,
+         format_func=lambda l: f"MLP {l}", help="Switch off a whole layer's MLP.")
+c3.button("Switch all back on", key="abl_btn_reset", on_click=_reset, icon=":material/restart_alt:")
+st.multiselect("Heads switched off", all_heads, key=state.ABL_HEADS,
+               help="Or click the cells of the grid below.", placeholder="none: click heads in the grid")
+
+heads = sorted(parse_head(x) for x in ss[state.ABL_HEADS])
+mlps = sorted(int(m) for m in ss[state.ABL_MLPS] or [])
+res = resources.ablation(lm.key, tuple(enc.ids), tuple(heads), tuple(mlps), mode, _model=lm.model)
+
+# -- every head on its own ----------------------------------------------------------------------
+cost = lm.model.num_params() * L * H * T
+effects = None
+if cost <= AUTO_EFFECTS_COST or ss.get(state.ABL_EFFECTS) == (lm.key, mode):
+    effects = resources.ablation_effects(lm.key, tuple(enc.ids), mode, _model=lm.model)
+
+left, right = st.columns([2, 3])
+with left:
+    off = np.zeros((L, H), dtype=bool)
+    for l, h in heads:
+        off[l, h] = True
+    ui.chart(figures.ablation_grid(off, effects), key=f"abl_grid_{ss[state.ABL_GRID_NONCE]}", name="ablation-heads",
+             on_select=_toggle_from_grid, selection_mode="points",
+             caption="Layers (rows) × heads (columns). Click a cell to switch that head off (✕, outlined) or back "
+                     "on. Colour: how much the loss on this text rises when that head alone is ablated "
+                     "(red = the model relies on it here; blue = it does better without it)."
+                     + ("" if effects is not None else " (Not computed yet for this large model: see the button.)"))
+    if effects is None:
+        if st.button(f"Compute every head's effect ({L * H} forward passes)", key="abl_btn_effects",
+                     icon=":material/calculate:"):
+            ss[state.ABL_EFFECTS] = (lm.key, mode)
+            st.rerun()
+    else:
+        eff_df = pd.DataFrame({"layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L),
+                               "loss_increase": effects.ravel()})
+        ui.csv_download(eff_df, f"head-ablation-effects-{mode}", key="abl_effects_csv", label="Single-head effects CSV")
+
+with right:
+    rows = [("Loss on this text", float(res["loss_before"]), float(res["loss_after"]))]
+    spec = corpus_spec(lm)
+    val_note = ""
+    if spec:
+        try:
+            windows = resources.val_windows(spec, f"{lm.family}|{cfg.vocab_size}", cfg.block_size,
+                                            _tokenizer=lm.tokenizer)
+            vb, va = resources.val_loss(lm.key, windows, tuple(heads), tuple(mlps), mode, _model=lm.model)
+            rows.append((f"Val loss ({len(windows)} × {cfg.block_size} tokens)", vb, va))
+            val_note = (f"The val loss is measured on a fixed slice of the validation part (the last 10%) of "
+                        f"the training corpus `{spec}`: the first {len(windows)} windows of {cfg.block_size} tokens.")
+        except (ValueError, InputProblem) as e:
+            val_note = f"No val loss: the training corpus `{spec}` could not be read here ({e})."
+    else:
+        val_note = ("No val loss: this model's training corpus is not known (a pretrained model); the loss on "
+                    "your text is shown instead.")
+    summary = pd.DataFrame(rows, columns=["", "intact", "ablated"])
+    summary["difference"] = summary["ablated"] - summary["intact"]
+    m = st.columns(len(rows))
+    anything_off = bool(heads or mlps)
+    for col, (name, before, after) in zip(m, rows):
+        col.metric(name, f"{after:.4f}", delta=f"{after - before:+.4f}" if anything_off else None,
+                   delta_color="inverse", help=f"Intact: {before:.4f} nats per token; the delta is ablated − intact.")
+    st.dataframe(summary, hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                for c in ("intact", "ablated", "difference")})
+    what = (", ".join(head_label(l, h) for l, h in heads) or "no head") + \
+           (" and " + ", ".join(f"MLP {l}" for l in mlps) if mlps else "")
+    st.caption(f"Switched off ({mode} ablation): {what}. Loss = mean cross-entropy of the next token, nats; "
+               f"the difference is ablated − intact (up = worse). {val_note}")
+
+    if ss.get(state.ABL_POS) not in range(T - 1):
+        ss[state.ABL_POS] = T - 2
+    pos = st.select_slider("Predicting after", options=list(range(T - 1)), key=state.ABL_POS,
+                           format_func=lambda i: enc.labels[i],
+                           help="The position whose next-token distribution is shown.")
+    cand = res["cand_ids"][pos]
+    n = int((cand >= 0).sum())
+    order = np.argsort(-np.maximum(res["p_before"][pos, :n], res["p_after"][pos, :n]))[:12]
+    ids = [int(cand[i]) for i in order]
+    true_next = enc.ids[pos + 1]
+    hl = ids.index(true_next) if true_next in ids else None
+    ui.chart(figures.before_after_bar(figures.candidate_labels(lm.tokenizer.pieces(ids)),
+                                      res["p_before"][pos, order], res["p_after"][pos, order],
+                                      f"Next token after {enc.labels[pos]}", highlight=hl),
+             key="abl_dist", name=f"ablation-next-token-{pos}",
+             caption="The most likely next tokens with every unit on (grey) and with the chosen ones switched off "
+                     "(blue)" + ("; orange: the token that really comes next" if hl is not None else "") + ". "
+                     f"The true next token's probability goes from {np.exp(-res['nll_before'][pos]):.3f} to "
+                     f"{np.exp(-res['nll_after'][pos]):.3f}.")
+    dist = pd.DataFrame({"token_id": ids, "piece": lm.tokenizer.pieces(ids),
+                         "p_intact": res["p_before"][pos, order], "p_ablated": res["p_after"][pos, order]})
+    ui.csv_download(dist, f"ablation-next-token-{pos}", key="abl_dist_csv", label="Probabilities CSV")
