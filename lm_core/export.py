@@ -102,7 +102,9 @@ def write_bundle(
         if history is not None:
             z.writestr("history.csv", history.to_csv(index=False))
         if cache:
-            tensors = {k: v.detach().cpu().contiguous() for k, v in cache.items()}
+            # clone: some activations share storage (resid_post[l] is resid_pre[l+1]), which
+            # safetensors refuses to write
+            tensors = {k: v.detach().cpu().clone().contiguous() for k, v in cache.items()}
             z.writestr("cache.safetensors", st_save(tensors))
         for name in sorted(figures):
             z.writestr(f"figures/{name}", figures[name])

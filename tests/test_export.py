@@ -13,7 +13,7 @@ from lm_core.export import bundle_bytes, read_bundle, write_bundle
 
 
 def test_bundle_round_trip(tmp_path):
-    cfg = lm_core.ModelConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    cfg = lm_core.ModelConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
     model = lm_core.GPT(cfg)
     _, cache = model.run_with_cache(torch.tensor([[1, 2, 3]]))
     history = pd.DataFrame({"step": [10, 20], "train_loss": [2.5, 2.1], "val_loss": [float("nan"), 2.2]})
