@@ -7,6 +7,7 @@ Layout (DESIGN §3)::
     tokenizer.json       the tokenizer (lm_core.tokenizers format)
     history.csv          one row per logged step, rewritten as training goes
     samples.json         a short generated sample at each evaluation
+    head_scores.json     probe head scores (previous-token, duplicate-token, induction, entropy) at each evaluation
     resume.safetensors   weights + optimizer tensors + trainer state (JSON in the metadata),
                          one file, so a checkpoint is consistent by construction
     best.safetensors     weights at the best validation loss so far
@@ -52,6 +53,8 @@ MODEL_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 HISTORY_FILE = "history.csv"
 SAMPLES_FILE = "samples.json"
+HEAD_SCORES_FILE = "head_scores.json"
+HEAD_SCORE_COLUMNS = ["step", "kind", "layer", "head", "value"]
 RESUME_FILE = "resume.safetensors"
 BEST_FILE = "best.safetensors"
 SNAPSHOT_DIR = "snapshots"
@@ -410,6 +413,33 @@ def _model_from_file(cfg: ModelConfig, path: Path) -> tuple[GPT, dict[str, str]]
     return model, meta
 
 
+def head_scores_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Head-score records ``[{"step", "scores": {kind: [[L x H]]}}]`` -> long DataFrame.
+
+    Columns ``step, kind, layer, head, value``: one row per head, kind and evaluation step.
+    """
+    rows = [(r["step"], kind, l, h, float(v))
+            for r in records for kind, grid in r["scores"].items()
+            for l, per_head in enumerate(grid) for h, v in enumerate(per_head)]
+    return pd.DataFrame(rows, columns=HEAD_SCORE_COLUMNS)
+
+
+def _read_head_scores(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    data = read_json(path, "head-scores file")
+
+    def ok(r: Any) -> bool:
+        return (isinstance(r, dict) and isinstance(r.get("step"), int) and isinstance(r.get("scores"), dict)
+                and all(isinstance(g, list) and all(isinstance(row, list) and all(isinstance(v, (int, float))
+                        for v in row) for row in g) for g in r["scores"].values()))
+
+    if not isinstance(data, list) or not all(ok(r) for r in data):
+        raise _unreadable(path, "head-scores file",
+                          "expected a JSON list of {\"step\": int, \"scores\": {kind: [[number per head] per layer]}}")
+    return data
+
+
 @dataclass
 class Run:
     """A loaded run folder. ``model`` is on the CPU in eval mode."""
@@ -422,6 +452,8 @@ class Run:
     samples: list[dict[str, Any]]
     snapshots: list[int]   # steps with weights under snapshots/, ascending
     step: int              # the step of the weights in ``model`` (the last checkpoint)
+    head_scores: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=HEAD_SCORE_COLUMNS))
+    # ^ probe head scores at each evaluation (step, kind, layer, head, value); see Trainer
 
     @property
     def status(self) -> str:
@@ -481,8 +513,9 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         step = int(meta["step"])
     except (KeyError, ValueError):
         step = int(config.status.get("checkpoint_step", 0))
+    head_scores = head_scores_frame(_read_head_scores(path / HEAD_SCORES_FILE))
     return Run(path=path, config=config, model=model, tokenizer=tokenizer, history=history,
-               samples=samples, snapshots=list_snapshot_steps(path), step=step)
+               samples=samples, snapshots=list_snapshot_steps(path), step=step, head_scores=head_scores)
 
 
 @dataclass

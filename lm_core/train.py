@@ -145,6 +145,7 @@ class TrainSnapshot:
     state_dict: dict[str, torch.Tensor] | None  # CPU copy of the weights (state_dict_for_save)
     error: str | None = None
     reason: str | None = None
+    head_scores: pd.DataFrame | None = None  # step, kind, layer, head, value (see Trainer.head_scores)
 
 
 def _as_list(cb: Callback | Iterable[Callback] | None) -> list[Callback]:
@@ -247,6 +248,7 @@ class Trainer:
         self._lines: list[str] = []  # the rows as CSV lines
         self._step_lock = threading.Lock()  # one step at a time, whoever drives it
         self.samples: list[dict[str, Any]] = []
+        self._head_records: list[dict[str, Any]] = []  # [{"step", "scores": {kind: [[L x H]]}}]
         self._status = "idle"
         self._error: str | None = None
         self._reason: str | None = None
@@ -384,10 +386,11 @@ class Trainer:
             rows = list(self._rows)
             sd = ({k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict_for_save().items()}
                   if weights else None)
+            head = list(self._head_records)
             snap = dict(status=self._status, step=self.step_count, samples=list(self.samples),
                         error=self._error, reason=self._reason)
         return TrainSnapshot(history=self._frame(rows), metrics=dict(rows[-1]) if rows else {},
-                             state_dict=sd, **snap)
+                             state_dict=sd, head_scores=R.head_scores_frame(head), **snap)
 
     # ------------------------------------------------------------------ threads
 
@@ -617,6 +620,34 @@ class Trainer:
             R.atomic_write_json(self.run_dir / R.SAMPLES_FILE, samples, fsync=False)
         return text
 
+    @property
+    def head_scores(self) -> pd.DataFrame:
+        """Probe head scores at each evaluation: columns step, kind, layer, head, value.
+
+        Kinds: previous_token, duplicate_token, induction (in [0, 1]) and entropy (nats), from
+        :func:`lm_core.analysis.probe_head_scores` on a fixed repeated-random-token probe, so
+        the scores of different steps compare: this is how circuits are watched forming.
+        """
+        with self._lock:
+            return R.head_scores_frame(list(self._head_records))
+
+    def _record_head_scores(self) -> None:
+        if not self.is_main or self.model.config.block_size < 4:
+            return
+        from .analysis import probe_head_scores  # analysis imports the model only: no cycle at call time
+
+        scores = probe_head_scores(self.model)
+        self.model.train()
+        rec = {"step": self.step_count, "scores": {k: v.tolist() for k, v in scores.items()}}
+        with self._lock:
+            if self._head_records and self._head_records[-1]["step"] == rec["step"]:
+                self._head_records[-1] = rec
+            else:
+                self._head_records.append(rec)
+            records = list(self._head_records)
+        if self.run_dir is not None:
+            R.atomic_write_json(self.run_dir / R.HEAD_SCORES_FILE, records, fsync=False)
+
     def _emit(self, row: dict[str, Any], evaluated: bool, sample: str | None) -> None:
         self._add_row(row)
         if not self.is_main:
@@ -639,6 +670,7 @@ class Trainer:
             if evaluated:
                 val, early = self._do_eval(scheduled=True)
                 sample = self._record_sample()
+                self._record_head_scores()
             self._emit(self._make_row(out, val), evaluated, sample)
         if self.run_dir is not None and self.is_main:
             if s in self._snapshot_plan:
@@ -663,7 +695,9 @@ class Trainer:
         else:
             val, _ = self._do_eval(scheduled=False)
             row = self._make_row({"step": s, "train_loss": self._last_loss, "lr": self.lr_at(s - 1)}, val)
-        self._emit(row, True, self._record_sample())
+        sample = self._record_sample()
+        self._record_head_scores()
+        self._emit(row, True, sample)
         if self.run_dir is not None and self.is_main and self.config.snapshots and s not in self._snapshot_plan:
             self._save_snapshot(s)
 
@@ -746,6 +780,7 @@ class Trainer:
         self._rows = rows
         self._lines = [R.history_line(self.columns, r) for r in rows]
         self.samples = [s for s in R._read_samples(d / R.SAMPLES_FILE) if s["step"] <= step]
+        self._head_records = [r for r in R._read_head_scores(d / R.HEAD_SCORES_FILE) if r["step"] <= step]
         if self.is_main:
             for sstep in R.list_snapshot_steps(d):
                 if sstep > step:
@@ -755,6 +790,7 @@ class Trainer:
                 best.unlink()
             self._write_history(fsync=True)
             R.atomic_write_json(d / R.SAMPLES_FILE, self.samples)
+            R.atomic_write_json(d / R.HEAD_SCORES_FILE, self._head_records)
         if step >= self.config.max_steps:
             self._status = "finished"
             self._reason = "max_steps"

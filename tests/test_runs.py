@@ -44,7 +44,7 @@ def finished_run(tmp_path_factory) -> tuple[Path, Trainer]:
 def test_run_folder_holds_everything_and_loads_back(finished_run):
     d, t = finished_run
     names = sorted(p.name for p in d.iterdir())
-    assert names == ["best.safetensors", "config.json", "history.csv", "model.safetensors",
+    assert names == ["best.safetensors", "config.json", "head_scores.json", "history.csv", "model.safetensors",
                      "resume.safetensors", "samples.json", "snapshots", "tokenizer.json"]
     assert not [p for p in d.rglob("*") if p.name.endswith(".tmp")]       # no temp files left
     cfg = json.loads((d / "config.json").read_text())
@@ -154,6 +154,7 @@ def _loaders(d: Path) -> dict[str, callable]:
         "tokenizer.json": lambda: load_run(d),
         "history.csv": lambda: load_run(d),
         "samples.json": lambda: load_run(d),
+        "head_scores.json": lambda: load_run(d),
         "best.safetensors": lambda: load_run(d).load_best(),
         "snapshots/step-000000.safetensors": lambda: load_run(d).load_snapshot(0),
         "resume.safetensors": lambda: Trainer.from_run(d, TEXT),
@@ -196,6 +197,8 @@ def test_a_torch_save_file_posing_as_weights_is_refused(finished_run, tmp_path):
     ("model.safetensors", "foreign", r"model\.safetensors.*does not fit"),
     ("history.csv", "foreign", r"history\.csv.*header"),
     ("samples.json", "foreign", r"samples\.json"),
+    ("head_scores.json", "foreign", r"head_scores\.json"),
+    ("head_scores.json", "truncate", r"head_scores\.json"),
 ])
 def test_damaged_or_foreign_files_name_themselves(finished_run, tmp_path, name, damage, message):
     src, _ = finished_run

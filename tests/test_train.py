@@ -6,6 +6,7 @@ import math
 import threading
 import time
 
+import pandas as pd
 import pytest
 import torch
 
@@ -352,3 +353,30 @@ def test_snapshot_weights_are_consistent_with_their_step():
         assert nrows <= target // 25 + 1
         for k, v in ref.model.state_dict_for_save().items():
             assert torch.equal(sd[k], v), (target, k)
+
+
+def test_head_scores_recorded_at_each_evaluation_and_reloaded(tmp_path):
+    """Circuits forming: probe head scores at every evaluation, in the snapshot and the run folder."""
+    from lm_core.runs import HEAD_SCORE_COLUMNS
+
+    text = load_corpus("synthetic:copy?n=300")
+    tok = CharTokenizer.train(text)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    tc = TrainConfig(batch_size=4, max_steps=6, eval_interval=3, eval_iters=1, log_interval=1,
+                             warmup_steps=0, sample_tokens=0, num_threads=1)
+    tr = Trainer(GPT(cfg), tok, text, tc, run_dir=tmp_path / "run")
+    tr.run()
+    hs = tr.head_scores
+    assert list(hs.columns) == HEAD_SCORE_COLUMNS
+    assert sorted(hs["step"].unique()) == [3, 6]
+    assert set(hs["kind"]) == {"previous_token", "duplicate_token", "induction", "entropy"}
+    assert len(hs) == 2 * 4 * 2 * 2  # steps x kinds x layers x heads
+    ind = hs[hs.kind == "induction"]["value"]
+    assert ((ind >= 0) & (ind <= 1)).all()
+    snap = tr.snapshot(weights=False)
+    pd.testing.assert_frame_equal(snap.head_scores, hs)
+    run = load_run(tmp_path / "run")
+    pd.testing.assert_frame_equal(run.head_scores.reset_index(drop=True), hs.reset_index(drop=True))
+    (tmp_path / "run" / "head_scores.json").write_text('{"not": "a list"}')
+    with pytest.raises(ValueError, match="head_scores.json"):
+        load_run(tmp_path / "run")
