@@ -27,6 +27,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .runtime import tune_allocator
+
 log = logging.getLogger("lm_core.cli")
 
 
@@ -344,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 error, 2 bad arguments, 130 interrupted)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     debug = os.environ.get("LM_LENS_DEBUG") == "1"
+    tune_allocator()
     try:
         args = build_parser().parse_args(argv)
         return cmd_train(args) if args.command == "train" else cmd_sample(args)
