@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from . import state
+from .compute import Encoded, InputProblem, encode_text, inspect_limit
 from .figures import visible
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -112,3 +113,23 @@ def time_travel_note(lm) -> None:
         st.info(f"Time travel: these are the weights of **step {lm.step:,}** (the run's latest is step "
                 f"{lm.final_step:,}). Move the slider in the sidebar to change the step.",
                 icon=":material/history:")
+
+
+def inspected_text(lm, *, height: int, help: str, min_tokens: int = 1, stop: bool = True) -> "Encoded | None":
+    """The shared ``Text to inspect`` box, encoded for ``lm``: shows a problem (and stops the page,
+    or returns None with ``stop=False``), warns about what was cut, and registers the text for export."""
+    text = st.text_area("Text to inspect", key=state.INSPECT_TEXT, height=height, help=help)
+    try:
+        enc = encode_text(lm.tokenizer, text, **inspect_limit(lm.config), keep="start", what="text to inspect")
+        if len(enc.ids) < min_tokens:
+            raise InputProblem(f"The text is {len(enc.ids)} token(s); type at least {min_tokens} so there is "
+                               f"a next token to predict.")
+    except InputProblem as e:
+        show_problem(e)
+        if stop:
+            st.stop()
+        return None
+    if enc.note:
+        st.warning(enc.note, icon=":material/content_cut:")
+    state.set_export_text(text, enc.ids, enc.pieces)
+    return enc

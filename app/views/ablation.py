@@ -8,7 +8,7 @@ import streamlit as st
 
 from app import figures, resources, state, ui
 from app.active import active_model
-from app.compute import InputProblem, encode_text, head_label, inspect_limit, parse_head
+from app.compute import InputProblem, head_label, parse_head
 from app.models import corpus_spec
 
 AUTO_EFFECTS_COST = 5e9   # parameters × heads × tokens below which every head's effect is computed unasked
@@ -22,19 +22,9 @@ cfg = lm.config
 L, H = cfg.n_layer, cfg.n_head
 ui.time_travel_note(lm)
 
-text = st.text_area("Text to inspect", key=state.INSPECT_TEXT, height=90,
-                    help="The same text as on the Attention page. The loss is the mean cross-entropy of each "
-                         "token given the ones before it.")
-try:
-    enc = encode_text(lm.tokenizer, text, **inspect_limit(cfg), keep="start", what="text to inspect")
-    if len(enc.ids) < 2:
-        raise InputProblem("The text is a single token; type at least two so there is a next token to predict.")
-except InputProblem as e:
-    ui.show_problem(e)
-    st.stop()
-if enc.note:
-    st.warning(enc.note, icon=":material/content_cut:")
-state.set_export_text(text, enc.ids, enc.pieces)
+enc = ui.inspected_text(lm, height=90, min_tokens=2,
+                        help="The same text as on the Attention page. The loss is the mean cross-entropy of each "
+                             "token given the ones before it.")
 T = len(enc.ids)
 
 # -- what is switched off -----------------------------------------------------------------------

@@ -6,7 +6,7 @@ import streamlit as st
 
 from app import figures, resources, state, ui
 from app.active import active_model
-from app.compute import HEAD_METRICS, MAX_INSPECT_TOKENS, InputProblem, encode_text, inspect_limit, scores_table
+from app.compute import HEAD_METRICS, MAX_INSPECT_TOKENS, inspect_limit, scores_table
 
 ui.page_header("Attention", "Where each head looks. Rows are queries (the token doing the looking), "
                "columns are keys (the earlier tokens it can see); each row sums to 1.")
@@ -15,18 +15,9 @@ lm = active_model()
 cfg = lm.config
 ui.time_travel_note(lm)
 
-text = st.text_area("Text to inspect", key=state.INSPECT_TEXT, height=110,
-                    help=f"Up to {inspect_limit(cfg)['block_size']} tokens (the model's context, at most {MAX_INSPECT_TOKENS} "
-                         f"here). Press Ctrl+Enter or click "
-                         f"outside the box to update.")
-try:
-    enc = encode_text(lm.tokenizer, text, **inspect_limit(cfg), keep="start", what="text to inspect")
-except InputProblem as e:
-    ui.show_problem(e)
-    st.stop()
-if enc.note:
-    st.warning(enc.note, icon=":material/content_cut:")
-state.set_export_text(text, enc.ids, enc.pieces)
+enc = ui.inspected_text(lm, height=110,
+                        help=f"Up to {inspect_limit(cfg)['block_size']} tokens (the model's context, at most "
+                             f"{MAX_INSPECT_TOKENS} here). Press Ctrl+Enter or click outside the box to update.")
 
 ins = resources.inspection(lm.key, tuple(enc.ids), _model=lm.model)
 next_pieces = lm.tokenizer.pieces([int(i) for i in ins["next_id"]])

@@ -127,6 +127,6 @@ ui.chart(figures.before_after_bar(figures.candidate_labels(lm_a.tokenizer.pieces
                                   pred["p_b"][pos, :n], f"Next token after {enc.labels[pos]}",
                                   names=(name_a, name_b), highlight=hl),
          key="cmp_next", name=f"compare-next-token-{pos}",
-         caption=f"The likeliest next tokens under A (grey) and B (blue)"
+         caption="The likeliest next tokens under A (grey) and B (blue)"
                  + ("; orange: the token that really comes next" if hl is not None else "") +
                  f". p(true next) goes from {np.exp(-pred['nll_a'][pos]):.3f} (A) to {np.exp(-pred['nll_b'][pos]):.3f} (B).")

@@ -8,7 +8,6 @@ import streamlit as st
 
 from app import figures, resources, state, ui
 from app.active import active_model, base_model
-from app.compute import InputProblem, encode_text, inspect_limit
 
 MAX_PICKER_VOCAB = 5000    # above this, a token is typed rather than picked from a list
 MAX_POINTS = 3000          # tokens drawn on the map (GPT-2 has 50,257: the map would be megabytes)
@@ -111,16 +110,8 @@ with p1:
                      "blue = opposite). A bright band along the diagonal means nearby positions look alike."
                      + (f" The first {n_pos} of {sim.shape[0]} positions." if n_pos < sim.shape[0] else ""))
 with p2:
-    text = st.text_area("Text to inspect", key=state.INSPECT_TEXT, height=80,
-                        help="The same text as on the Attention page.")
-    try:
-        enc = encode_text(lm.tokenizer, text, **inspect_limit(cfg), keep="start", what="text to inspect")
-    except InputProblem as e:
-        ui.show_problem(e)
-    else:
-        if enc.note:
-            st.warning(enc.note, icon=":material/content_cut:")
-        state.set_export_text(text, enc.ids, enc.pieces)
+    enc = ui.inspected_text(lm, height=80, help="The same text as on the Attention page.", stop=False)
+    if enc is not None:
         ins = resources.inspection(lm.key, tuple(enc.ids), _model=lm.model)
         depth = ["embeddings"] + [f"after block {l}" for l in range(cfg.n_layer)]
         ui.chart(figures.residual_norms(ins["resid_norms"], depth, enc.labels),

@@ -8,26 +8,15 @@ import streamlit as st
 
 from app import figures, resources, state, ui
 from app.active import active_model
-from app.compute import InputProblem, encode_text, inspect_limit
 
 ui.page_header("Logit lens", "The residual stream after each layer, read out as if it were the last one (final "
                "LayerNorm, then the unembedding): watch the prediction form, layer by layer, as the LLM "
                "Transparency Tool and Ecco show it.")
 
 lm = active_model()
-cfg = lm.config
 ui.time_travel_note(lm)
 
-text = st.text_area("Text to inspect", key=state.INSPECT_TEXT, height=90,
-                    help="The same text as on the Attention page.")
-try:
-    enc = encode_text(lm.tokenizer, text, **inspect_limit(cfg), keep="start", what="text to inspect")
-except InputProblem as e:
-    ui.show_problem(e)
-    st.stop()
-if enc.note:
-    st.warning(enc.note, icon=":material/content_cut:")
-state.set_export_text(text, enc.ids, enc.pieces)
+enc = ui.inspected_text(lm, height=90, help="The same text as on the Attention page.")
 
 c1, c2 = st.columns([1, 3])
 top_k = c1.slider("Guesses per cell", 1, 10, key=state.LENS_TOPK,
