@@ -180,7 +180,11 @@ def main() -> None:
                     help="do not rerun the capture rows in a subprocess with the tuned allocator")
     args = ap.parse_args()
     if args.tuned_malloc:
+        os.environ.pop("LM_LENS_NO_MALLOC_TUNING", None)
         ALLOCATOR = tune_allocator()
+    else:
+        # the untuned baseline: keep run_with_cache from tuning the allocator itself
+        os.environ["LM_LENS_NO_MALLOC_TUNING"] = "1"
     rep = 15 if args.quick else 60
     if not args.capture_only:
         emit("environment", torch=torch.__version__, python=platform.python_version(),
@@ -200,7 +204,8 @@ def main() -> None:
     if not args.tuned_malloc and not args.no_tuned_rerun:
         # mallopt cannot be undone cleanly in-process: measure the tuned allocator in a child
         cmd = [sys.executable, __file__, "--capture-only", "--tuned-malloc"] + (["--quick"] if args.quick else [])
-        subprocess.run(cmd, check=True, env=os.environ.copy())
+        env = {k: v for k, v in os.environ.items() if k != "LM_LENS_NO_MALLOC_TUNING"}
+        subprocess.run(cmd, check=True, env=env)
 
 
 if __name__ == "__main__":

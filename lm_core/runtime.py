@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import platform
 
 log = logging.getLogger(__name__)
@@ -18,12 +19,15 @@ def tune_allocator() -> str:
     forward page-faults the same memory back in, which made a full capture cost ~1.9x a plain
     forward instead of ~1.3x (bench/bench_core.py). Raising the trim threshold to 256 MiB and
     pinning the mmap threshold at glibc's own dynamic maximum (32 MiB) removes that cost.
-    Idempotent; a no-op off glibc. Returns what was done.
+    Called by ``run_with_cache``, the CLI and the app; idempotent; a no-op off glibc or with
+    ``LM_LENS_NO_MALLOC_TUNING=1``. Returns what was done.
     """
     global _done
     if _done is not None:
         return _done
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if os.environ.get("LM_LENS_NO_MALLOC_TUNING") == "1":
+        _done = "unchanged (LM_LENS_NO_MALLOC_TUNING=1)"
+    elif platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         _done = "not glibc: unchanged"
     else:
         try:

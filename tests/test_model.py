@@ -268,3 +268,11 @@ def test_weights_round_trip_and_mismatch():
     other = GPT(CFG.replace(n_embd=16))
     with pytest.raises(ValueError, match="shape"):
         other.load_weights(a.state_dict_for_save())
+
+
+def test_run_with_cache_tunes_the_allocator_once(model, idx):
+    from lm_core import runtime
+
+    model.run_with_cache(idx, names=["hook_embed"])
+    assert runtime._done is not None
+    assert runtime.tune_allocator() == runtime._done  # idempotent
