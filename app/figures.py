@@ -22,6 +22,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from lm_core.tokenizers import visible as _visible
+
 __all__ = [
     "ACCENT", "MUTED", "SCALES", "MAX_DISPLAY_POINTS",
     "visible", "token_labels", "candidate_labels", "colorscale", "as_f32", "downsample_history",
@@ -55,7 +57,6 @@ GROUP_COLOURS = ["#3b5ba5", "#e4572e", "#17a398", "#f3a712", "#8c4fa1", "#5aa02c
 MAX_DISPLAY_POINTS = 2000
 MAX_GROUP_POINTS = 600      # per-group charts draw ~10 series: fewer points each
 
-_VISIBLE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"})
 _FONT = dict(family="Inter, -apple-system, Segoe UI, Helvetica, Arial, sans-serif", size=12)
 
 
@@ -63,8 +64,8 @@ _FONT = dict(family="Inter, -apple-system, Segoe UI, Helvetica, Arial, sans-seri
 
 
 def visible(text: str) -> str:
-    """Whitespace made visible: space ␣, newline ↵, tab ⇥, carriage return ␍ (as the tokenizers)."""
-    return str(text).translate(_VISIBLE)
+    """Whitespace made visible: space ␣, newline ↵, tab ⇥, carriage return ␍ (lm_core's marks)."""
+    return _visible(str(text))
 
 
 def token_labels(pieces: Sequence[str], start: int = 0) -> list[str]:
