@@ -68,21 +68,19 @@ def _readme(meta: dict[str, Any], files: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_bundle(
-    dest: str | os.PathLike,
+def bundle_bytes(
     *,
     config: Mapping[str, Any],
     history: pd.DataFrame | None = None,
     figures: Mapping[str, bytes] | None = None,
     cache: Mapping[str, torch.Tensor] | None = None,
     meta: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write a zip bundle atomically to ``dest`` and return its path.
+) -> bytes:
+    """The bundle as zip bytes (for a download button; :func:`write_bundle` saves them).
 
     ``figures`` maps a file name (``attention.html``, ``attention.png``) to its bytes; names
     must end in one of :data:`FIGURE_SUFFIXES`. ``cache`` maps hook names to tensors.
     """
-    dest = Path(dest)
     figures = dict(figures or {})
     for name in figures:
         if "/" in name or "\\" in name or not name.endswith(FIGURE_SUFFIXES):
@@ -108,11 +106,21 @@ def write_bundle(
             z.writestr("cache.safetensors", st_save(tensors))
         for name in sorted(figures):
             z.writestr(f"figures/{name}", figures[name])
+    return buf.getvalue()
+
+
+def write_bundle(dest: str | os.PathLike, **kwargs) -> Path:
+    """Write a zip bundle atomically to ``dest`` and return its path.
+
+    Keyword arguments as :func:`bundle_bytes`; the zip is built before the file is touched.
+    """
+    dest = Path(dest)
+    data = bundle_bytes(**kwargs)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".zip")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)
@@ -121,13 +129,6 @@ def write_bundle(
             os.unlink(tmp)
         raise
     return dest
-
-
-def bundle_bytes(**kwargs) -> bytes:
-    """The bundle as bytes (for a download button)."""
-    with tempfile.TemporaryDirectory() as d:
-        path = write_bundle(Path(d) / "bundle.zip", **kwargs)
-        return path.read_bytes()
 
 
 def read_bundle(path: str | os.PathLike | bytes) -> Bundle:
