@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ import pandas as pd
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+from .atomic import atomic_write_bytes
 
 FIGURE_SUFFIXES = (".html", ".png", ".svg", ".json")
 
@@ -115,19 +116,7 @@ def write_bundle(dest: str | os.PathLike, **kwargs) -> Path:
     Keyword arguments as :func:`bundle_bytes`; the zip is built before the file is touched.
     """
     dest = Path(dest)
-    data = bundle_bytes(**kwargs)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".zip")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(dest, bundle_bytes(**kwargs))
     return dest
 
 

@@ -28,7 +28,6 @@ import math
 import os
 import re
 import socket
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 
+from .atomic import atomic_write_bytes
 from .config import ModelConfig, TrainConfig
 from .model import GPT
 from .tokenizers import Tokenizer, load_tokenizer
@@ -70,39 +70,6 @@ def _lm_core_version() -> str:
 
 
 # ----------------------------------------------------------------------------- atomic writes
-
-def _file_mode() -> int:
-    """0o666 minus the process umask: what ``open(path, "w")`` would give (mkstemp gives 0o600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_MODE = _file_mode()  # read once, at import: os.umask has no read-only form
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
-
-    With ``fsync`` the data reaches the disk before the rename, so even a power cut leaves
-    either the old or the new file. Without it, a killed process still cannot tear the file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, _MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, fsync: bool = True) -> None:
     """JSON (UTF-8, indented) written with :func:`atomic_write_bytes`."""

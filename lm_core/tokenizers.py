@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -26,6 +25,8 @@ from typing import Any
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from .atomic import atomic_write_bytes
 
 __all__ = [
     "BPETokenizer",
@@ -73,19 +74,6 @@ def _check_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
     return out
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class Tokenizer(ABC):
     """The interface both tokenizers implement (use it for type hints)."""
 
@@ -118,7 +106,7 @@ class Tokenizer(ABC):
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the tokenizer to ``path`` as JSON, atomically (a crash leaves the old file)."""
-        _atomic_write_text(Path(path), self.to_json())
+        atomic_write_bytes(Path(path), self.to_json().encode("utf-8"))
 
     def tokens_per_char(self, text: str) -> float:
         """``len(encode(text)) / len(text)``: 1.0 for a char tokenizer, lower for BPE."""

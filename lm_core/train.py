@@ -316,7 +316,7 @@ class Trainer:
         if not self.is_main:
             return
         d.mkdir(parents=True, exist_ok=True)
-        R.atomic_write_bytes(d / R.TOKENIZER_FILE, self.tokenizer.to_json().encode("utf-8"))
+        self.tokenizer.save(d / R.TOKENIZER_FILE)  # atomic, normal file mode
         self._write_history()
         R.atomic_write_json(d / R.SAMPLES_FILE, [])
         if 0 in self._snapshot_plan:
