@@ -50,7 +50,8 @@ _TRAIN_FLAGS = {"batch_size": "batch_size", "lr": "learning_rate", "max_steps": 
                 "seed": "seed", "log_interval": "log_interval", "checkpoint_interval": "checkpoint_interval",
                 "max_seconds": "max_seconds", "early_stopping_patience": "early_stopping_patience",
                 "sample_tokens": "sample_tokens", "device": "device", "num_threads": "num_threads",
-                "schedule": "schedule", "snapshots": "snapshots", "save_best": "save_best"}
+                "schedule": "schedule", "snapshots": "snapshots", "save_best": "save_best",
+                "precision": "precision"}
 _RESUME_OVERRIDES = ("max_steps", "max_seconds", "device", "num_threads", "log_interval", "checkpoint_interval",
                      "keep_resume_state")
 
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     t.add_argument("--num-threads", type=int, help="CPU threads (default: every core)")
+    t.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="auto (default): bf16 autocast on a CUDA GPU that supports it, fp32 elsewhere")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     t.add_argument("--no-optimizer-state", action="store_true",

@@ -139,6 +139,7 @@ class TrainConfig(_Config):
     snapshots: int = 20             # weight snapshots kept for time travel (log-spaced; 0 = none)
     save_best: bool = True          # keep best.safetensors, the weights at the best val loss
     keep_resume_state: bool = True  # False: delete resume.safetensors once the run finishes
+    precision: str = "auto"         # auto (bf16 autocast on a CUDA GPU that has it, else fp32) | fp32 | bf16
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_steps", "eval_interval", "eval_iters", "log_interval",
@@ -170,6 +171,8 @@ class TrainConfig(_Config):
             raise ValueError(f"device must be auto, cpu, cuda or mps, got {self.device!r}")
         if self.num_threads is not None:
             _require_int("num_threads", self.num_threads)
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.schedule not in ("steps", "time"):
             raise ValueError(f"schedule must be 'steps' or 'time', got {self.schedule!r}")
         if self.schedule == "time" and self.max_seconds is None:

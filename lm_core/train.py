@@ -36,6 +36,7 @@ global RNG would notice (lm_core's own generation uses its own generators).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -93,6 +94,17 @@ def resolve_device(name: str = "auto") -> torch.device:
         if mps is None or not mps.is_available():
             raise ValueError("device 'mps' was asked for but Apple MPS is not available here; use --device cpu or auto")
     return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype a run uses: bf16 for ``precision="bf16"``, and for ``"auto"`` on a CUDA
+    GPU that supports bf16 (as nanoGPT trains); ``None`` (plain fp32) otherwise. Weights and the
+    optimizer stay fp32 either way."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
 
 
 def available_cores() -> int:
@@ -189,6 +201,11 @@ class Trainer:
         self.corpus = corpus
         self.model = model
         self.device = resolve_device(config.device)
+        self.amp_dtype = autocast_dtype(config.precision, self.device)
+        if self.device.type == "cuda":
+            # TF32 tensor cores for the fp32 matrix products that autocast leaves (nanoGPT does the same)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.on_step, self.on_eval, self.on_end = _as_list(on_step), _as_list(on_eval), _as_list(on_end)
 
         # distributed (set up by the CLI under torchrun): each rank its own data stream
@@ -447,6 +464,12 @@ class Trainer:
         torch.distributed.all_reduce(t)
         return float(t.item()) / self.world_size
 
+    def _autocast(self):
+        """bf16 autocast around a forward pass when the run's precision asks for it; else a no-op."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
     def _optimizer_step(self, measure: bool) -> dict[str, Any]:
         """One forward/backward/update. ``measure`` adds per-group gradient norms and update ratios."""
         tc, cfg = self.config, self.model.config
@@ -467,8 +490,9 @@ class Trainer:
             torch.manual_seed(stream_seed(tc.seed, DROPOUT_STREAM + self.rank, s))
         self._net.train()
         t0 = time.perf_counter()
-        logits = self._net(x)  # (B, T, V)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+        with self._autocast():
+            logits = self._net(x)  # (B, T, V)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.view(-1))
         loss_val = float(loss.item())
         if self._all_ranks_any(not math.isfinite(loss_val)):
             raise Diverged(f"the loss became {loss_val} at step {s + 1}")
@@ -528,8 +552,9 @@ class Trainer:
             losses = []
             for i in range(tc.eval_iters):
                 x, y = get_batch(self.val_split.ids, tc.batch_size, cfg.block_size, tc.seed, VAL_STREAM, i)
-                logits = self.model(x.to(self.device))  # (B, T, V)
-                losses.append(F.cross_entropy(logits.view(-1, logits.size(-1)), y.to(self.device).view(-1)))
+                with self._autocast():
+                    logits = self.model(x.to(self.device))  # (B, T, V)
+                losses.append(F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.to(self.device).view(-1)))
             val = float(torch.stack(losses).mean())
         finally:
             self.model.train(was_training)

@@ -47,6 +47,7 @@ def tiny_trainer(run_dir=None, model_cfg: ModelConfig = TINY, *, on_step=None, o
     ({"schedule": "time"}, "max_seconds"),
     ({"max_steps": 2.5}, "max_steps"),
     ({"num_threads": 0}, "num_threads"),
+    ({"precision": "fp16"}, "precision"),
 ])
 def test_invalid_train_config_raises_a_sentence_naming_the_field(changes, word):
     with pytest.raises(ValueError, match=word):
@@ -58,6 +59,21 @@ def test_trainer_refuses_mismatched_tokenizer_and_short_text():
         Trainer(GPT(TINY.replace(vocab_size=TOK.vocab_size + 1)), TOK, TEXT, TrainConfig())
     with pytest.raises(ValueError, match="block_size"):
         Trainer(GPT(TINY), TOK, TEXT[:100], TrainConfig())
+
+
+def test_precision_auto_is_fp32_on_the_cpu_and_bf16_trains_under_autocast():
+    from lm_core.train import autocast_dtype
+
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("fp32", torch.device("cuda")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    fp32, bf16 = tiny_trainer(max_steps=20), tiny_trainer(max_steps=20, precision="bf16")
+    assert fp32.amp_dtype is None and bf16.amp_dtype is torch.bfloat16
+    assert fp32.run() == bf16.run() == "finished"
+    a, b = fp32.history["val_loss"].dropna(), bf16.history["val_loss"].dropna()
+    # bf16 rounds the matrix products (~3 significant digits), the weights stay fp32: close, not equal
+    assert 0 < abs(a.iloc[-1] - b.iloc[-1]) < 0.05
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
 
 
 # ----------------------------------------------------------------------------- maths
