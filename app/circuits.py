@@ -24,10 +24,12 @@ INDUCTION_THRESHOLD = 0.4   # an induction score this high means an induction he
 MIN_RISE = 0.15             # below this overall rise nothing is marked
 
 
-def probe_scores(model: lm_core.GPT) -> dict[str, np.ndarray]:
-    """``analysis.probe_head_scores`` (the fixed repeated-random-token probe) as float32 ``[L, H]`` arrays."""
+def probe_scores(model: lm_core.GPT, tokenizer=None) -> dict[str, np.ndarray]:
+    """``analysis.probe_head_scores`` (the fixed repeated-random-token probe, drawn from the ids the
+    trainer draws from for ``tokenizer``) as float32 ``[L, H]`` arrays."""
+    ids = analysis.probe_token_ids(tokenizer) if tokenizer is not None else None
     with torch.no_grad():
-        scores = analysis.probe_head_scores(model)
+        scores = analysis.probe_head_scores(model, token_ids=ids)
     return {k: v.float().numpy().astype(np.float32) for k, v in scores.items()}
 
 

@@ -141,7 +141,7 @@ def val_loss(model_key: str, windows: tuple[tuple[int, ...], ...], heads: tuple[
 def snapshot_probe_scores(path: str, step: int, stamp: float, _n_snapshots: int) -> dict[str, np.ndarray]:
     """Probe head scores of one weight snapshot (used when the run recorded none while training)."""
     run = run_folder(path, folder_stamp(path), _n_snapshots)
-    return circuits.probe_scores(run.load_snapshot(int(step)))
+    return circuits.probe_scores(run.load_snapshot(int(step)), run.tokenizer)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

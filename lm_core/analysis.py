@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -275,24 +275,48 @@ def head_scores_table(scores: Mapping[str, torch.Tensor]) -> pd.DataFrame:
 
 
 def repeated_random_tokens(
-    vocab_size: int, seq_len: int, n_repeats: int = 2, seed: int = 0, batch: int = 1
+    vocab_size: int, seq_len: int, n_repeats: int = 2, seed: int = 0, batch: int = 1,
+    token_ids: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """A random sequence of ``seq_len`` ids repeated ``n_repeats`` times: LongTensor ``[batch, seq_len * n_repeats]``.
 
     The standard probe for induction heads: from the second copy on, every token has been
     seen before, and only a head that copies "what came next last time" can predict it.
-    Ids are uniform in ``[0, vocab_size)``, drawn from a generator seeded with ``seed``.
+    Ids are drawn uniformly (with replacement) from ``token_ids`` if given, else from
+    ``[0, vocab_size)``, by a generator seeded with ``seed``.
     """
     for name, v in (("vocab_size", vocab_size), ("seq_len", seq_len), ("n_repeats", n_repeats), ("batch", batch)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
     gen = torch.Generator().manual_seed(int(seed))
-    rand = torch.randint(0, vocab_size, (batch, seq_len), generator=gen)  # (B, seq_len)
+    if token_ids is None:
+        rand = torch.randint(0, vocab_size, (batch, seq_len), generator=gen)  # (B, seq_len)
+    else:
+        pool = torch.as_tensor(list(token_ids), dtype=torch.long)
+        if pool.numel() < 2 or pool.min() < 0 or pool.max() >= vocab_size:
+            raise ValueError(f"token_ids must hold at least 2 ids in 0 .. {vocab_size - 1}, got {pool.numel()} "
+                             f"id(s) in {pool.min().item() if pool.numel() else '-'} .. "
+                             f"{pool.max().item() if pool.numel() else '-'}")
+        rand = pool[torch.randint(0, pool.numel(), (batch, seq_len), generator=gen)]  # (B, seq_len)
     return rand.repeat(1, n_repeats)  # (B, seq_len * n_repeats)
 
 
+def probe_token_ids(tokenizer) -> list[int] | None:
+    """The ids a repeated-random-token probe should draw from for a model trained with ``tokenizer``.
+
+    Every id but a character tokenizer's ``<unk>``: a model never sees ``<unk>`` in training,
+    so its embedding is still the random initial one, and a probe full of it measures noise.
+    ``None`` (every id) for tokenizers without an ``unk_id``.
+    """
+    unk = getattr(tokenizer, "unk_id", None)
+    if unk is None:
+        return None
+    return [i for i in range(tokenizer.vocab_size) if i != unk]
+
+
 def induction_score(
-    model: GPT, seq_len: int | None = None, seed: int = 0, n_repeats: int = 2, batch: int = 1
+    model: GPT, seq_len: int | None = None, seed: int = 0, n_repeats: int = 2, batch: int = 1,
+    token_ids: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Induction score ``[L, H]`` of each head on fresh repeated random tokens, in ``[0, 1]``.
 
@@ -302,7 +326,8 @@ def induction_score(
     rows, of the attention on "the token after an earlier occurrence of the current token".
     A perfect induction head scores 1.0 (over the whole sequence it would be capped near
     ``(n_repeats - 1) / n_repeats``, because first-copy rows have no target). With ``batch`` > 1
-    the scores of the sequences are averaged.
+    the scores of the sequences are averaged. ``token_ids`` limits the random ids to that pool
+    (see :func:`probe_token_ids`).
     """
     cfg = model.config
     if seq_len is None:
@@ -316,7 +341,7 @@ def induction_score(
             f"seq_len {seq_len} x n_repeats {n_repeats} = {seq_len * n_repeats} tokens do not fit the "
             f"model's context (block_size={cfg.block_size}); use seq_len <= {cfg.block_size // n_repeats}"
         )
-    tokens = repeated_random_tokens(cfg.vocab_size, seq_len, n_repeats, seed=seed, batch=batch)
+    tokens = repeated_random_tokens(cfg.vocab_size, seq_len, n_repeats, seed=seed, batch=batch, token_ids=token_ids)
     with _inference(model):
         _, cache = model.run_with_cache(tokens.to(model.device), names=_is_pattern_name)
     p = torch.stack([cache["pattern", l] for l in range(cfg.n_layer)])  # (L, B, H, T, T)
@@ -324,7 +349,8 @@ def induction_score(
     return torch.stack(scores).mean(dim=0)  # (L, H)
 
 
-def probe_head_scores(model: GPT, seq_len: int | None = None, seed: int = 0, batch: int = 4) -> dict[str, torch.Tensor]:
+def probe_head_scores(model: GPT, seq_len: int | None = None, seed: int = 0, batch: int = 4,
+                      token_ids: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
     """Head scores on a fixed probe, for watching circuits form during training: ``{kind: [L, H]}``.
 
     The probe is :func:`repeated_random_tokens` (``batch`` sequences, each a random run of
@@ -332,14 +358,16 @@ def probe_head_scores(model: GPT, seq_len: int | None = None, seed: int = 0, bat
     the same for every call with the same ``seed``, so scores at different training steps are
     comparable. ``previous_token`` is scored over every query row; ``duplicate_token`` and
     ``induction`` over the rows of the repeated copy only (so a perfect head scores 1.0, as in
-    :func:`induction_score`); ``entropy`` is :func:`attention_entropy` in nats. Averaged over the batch.
+    :func:`induction_score`); ``entropy`` is :func:`attention_entropy` in nats. Averaged over the batch. ``token_ids`` limits the
+    random ids to that pool (the trainer passes :func:`probe_token_ids` of its tokenizer).
     """
     cfg = model.config
     if seq_len is None:
         seq_len = min(50, cfg.block_size // 2)
     if seq_len < 2 or 2 * seq_len > cfg.block_size:
         raise ValueError(f"seq_len must be in 2 .. {cfg.block_size // 2} for block_size={cfg.block_size}, got {seq_len}")
-    tokens = repeated_random_tokens(cfg.vocab_size, seq_len, 2, seed=seed, batch=batch)  # (batch, 2*seq_len)
+    tokens = repeated_random_tokens(cfg.vocab_size, seq_len, 2, seed=seed, batch=batch,
+                                    token_ids=token_ids)  # (batch, 2*seq_len)
     with _inference(model):
         _, cache = model.run_with_cache(tokens.to(model.device), names=_is_pattern_name)
     p = torch.stack([cache["pattern", l] for l in range(cfg.n_layer)])  # (L, B, H, T, T)

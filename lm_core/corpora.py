@@ -344,21 +344,43 @@ class SyntheticTask:
         return self.generate(self.default_n if n is None else n, random.Random(seed))
 
 
-INDUCTION_LINE_CHARS = 64  # one line fills a block_size-64 window
-INDUCTION_PERIODS = (4, 24)  # inclusive range of the repeated segment's length
+INDUCTION_REPEAT = (5, 14)    # inclusive range of a repeated run's length (it appears twice)
+INDUCTION_CHAIN = (10, 28)    # inclusive range of a chain segment's length
+INDUCTION_REPEAT_SHARE = 0.7  # the share of segments that are repeats; the rest are chains
+INDUCTION_CHAIN_RULE = 0.9    # how often a chain letter follows the trigram table (else random)
+
+
+def induction_segments(n: int, rng: random.Random) -> list[tuple[str, str]]:
+    """The ``n`` segments of ``synthetic:induction``, each ``(kind, text)``, kind "repeat" or "chain".
+
+    * **repeat**: a run of random letters (drawn with replacement) written twice, ``"qzkqzk"``
+      style; the second copy is predictable only by an induction head: find the earlier
+      occurrence of the current letter, copy the letter that followed it.
+    * **chain**: letters from a fixed random trigram table (the next letter is a function of the
+      previous two, 90% of the time): predictable only by knowing the *previous* letter, which
+      is what makes layer 0 grow the previous-token head an induction head is built on.
+    """
+    letters = _LETTERS
+    table = {(a, b): rng.choice(letters) for a in letters for b in letters}
+    out: list[tuple[str, str]] = []
+    for _ in range(n):
+        if rng.random() < INDUCTION_REPEAT_SHARE:
+            run = "".join(rng.choices(letters, k=rng.randint(*INDUCTION_REPEAT)))
+            out.append(("repeat", run + run))
+        else:
+            chain = rng.choices(letters, k=2)
+            for _ in range(rng.randint(*INDUCTION_CHAIN) - 2):
+                rule = rng.random() < INDUCTION_CHAIN_RULE
+                chain.append(table[chain[-2], chain[-1]] if rule else rng.choice(letters))
+            out.append(("chain", "".join(chain)))
+    return out
 
 
 def _induction(n: int, rng: random.Random) -> str:
-    lo, hi = INDUCTION_PERIODS
-    lines = []
-    for _ in range(n):
-        period = rng.randint(lo, hi)
-        # Distinct letters: each letter occurs once per period, so "the letter after the
-        # previous occurrence of this one" is always the right answer (no ambiguous matches).
-        segment = "".join(rng.sample(_LETTERS, period))
-        repeats = -(-INDUCTION_LINE_CHARS // period)
-        lines.append((segment * repeats)[:INDUCTION_LINE_CHARS] + "\n")
-    return "".join(lines)
+    # No separators: every token of the text is a letter, so a probe of random letters (how an
+    # induction score is measured) looks like training data, and no head learns to stop at a
+    # line break.
+    return "".join(text for _, text in induction_segments(n, rng))
 
 
 def _random_word(rng: random.Random, lo: int = 3, hi: int = 12) -> str:
@@ -446,17 +468,17 @@ SYNTHETIC_TASKS: dict[str, SyntheticTask] = {
         SyntheticTask(
             name="induction",
             description=(
-                "Each line repeats a random run of 4-24 distinct letters until it is 64 "
-                "characters long; the run length changes every line. After the first run, "
-                "each letter is predictable only by finding where the current letter occurred "
-                "before and copying the letter that followed it. A 2-layer model grows a "
-                "previous-token head in layer 0 and an induction head in layer 1 (a stripe "
-                "one position right of the earlier occurrences); loss drops from about 3.3 "
-                "toward the floor of the unpredictable first runs."
+                "One unbroken stream of lowercase letters made of segments: 70% are a random "
+                "run of 5-14 letters written twice ('qzkqzk'), 30% follow a fixed random "
+                "trigram table (the next letter depends on the previous two). The chains make "
+                "layer 0 grow a previous-token head; the repeats then make layer 1 grow an "
+                "induction head on top of it (attention one position right of the earlier "
+                "occurrence of the current letter), and the loss drops in a bump when it forms. "
+                "n counts segments, not lines."
             ),
-            example="qwmzkt" * 10 + "qwmz",
+            example="pqhdnpqhdn" + "kvmaxtrlbz",
             generate=_induction,
-            default_n=6000,
+            default_n=20000,
         ),
         SyntheticTask(
             name="copy",

@@ -53,15 +53,13 @@ PRESETS: dict[str, Preset] = {
                    eval_interval=250, eval_iters=200, checkpoint_interval=500),
     ),
     "induction": Preset(
-        description="2 layers on synthetic:induction (lines repeating a random segment of distinct "
-                    "letters): in about a minute of CPU the val loss falls from 3.26 (uniform letters) "
-                    "towards 2 as attention learns to copy what followed the previous occurrence",
+        description="2 layers × 4 heads × 64 on synthetic:induction: a previous-token head forms in "
+                    "layer 0, then an induction head in layer 1 (induction score from ~0.05 to ≥ 0.4) "
+                    "with a drop in the loss, in about a minute on 2 CPU cores",
         corpus="synthetic:induction",
-        model=dict(n_layer=2, n_head=4, n_embd=64, block_size=64, dropout=0.0),
-        # measured: batch 32, lr 2e-3 -> val 2.09 at step 2500 (lr 4e-3: 2.38; batch 16 lr 3e-3
-        # 1500 steps: 3.05, still on the plateau before the copying mechanism forms)
-        train=dict(batch_size=32, learning_rate=2e-3, max_steps=2500, warmup_steps=100, min_lr=1e-4,
-                   eval_interval=250, eval_iters=10, weight_decay=0.0),
+        model=dict(n_layer=2, n_head=4, n_embd=64, block_size=32, dropout=0.0),
+        train=dict(batch_size=32, learning_rate=3e-3, max_steps=4000, warmup_steps=50, min_lr=3e-4,
+                   eval_interval=200, eval_iters=10, weight_decay=0.0, sample_tokens=64),
     ),
     "default": Preset(
         description="the shipped default model (assets/default): characters of Python's own help "

@@ -650,7 +650,8 @@ class Trainer:
         """Probe head scores at each evaluation: columns step, kind, layer, head, value.
 
         Kinds: previous_token, duplicate_token, induction (in [0, 1]) and entropy (nats), from
-        :func:`lm_core.analysis.probe_head_scores` on a fixed repeated-random-token probe, so
+        :func:`lm_core.analysis.probe_head_scores` on a fixed repeated-random-token probe (ids
+        from :func:`lm_core.analysis.probe_token_ids` of the run's tokenizer), so
         the scores of different steps compare: this is how circuits are watched forming.
         """
         with self._lock:
@@ -659,9 +660,9 @@ class Trainer:
     def _record_head_scores(self) -> None:
         if not self.is_main or self.model.config.block_size < 4:
             return
-        from .analysis import probe_head_scores  # analysis imports the model only: no cycle at call time
+        from .analysis import probe_head_scores, probe_token_ids  # analysis imports the model only: no cycle
 
-        scores = probe_head_scores(self.model)
+        scores = probe_head_scores(self.model, token_ids=probe_token_ids(self.tokenizer))
         self.model.train()
         rec = {"step": self.step_count, "scores": {k: v.tolist() for k, v in scores.items()}}
         with self._lock:

@@ -161,6 +161,18 @@ def test_repeated_random_tokens():
     assert int(t.min()) >= 0 and int(t.max()) < 50
     with pytest.raises(ValueError, match="seq_len"):
         A.repeated_random_tokens(50, 0)
+    pooled = A.repeated_random_tokens(50, 40, seed=4, batch=3, token_ids=[3, 17, 42])
+    assert set(pooled.unique().tolist()) == {3, 17, 42}
+    assert torch.equal(pooled[:, :40], pooled[:, 40:])
+    with pytest.raises(ValueError, match="token_ids"):
+        A.repeated_random_tokens(50, 4, token_ids=[3, 50])
+
+
+def test_probe_token_ids_leave_out_the_char_tokenizers_unk():
+    tok = lm_core.CharTokenizer.train("abcab")
+    assert A.probe_token_ids(tok) == [0, 1, 2] and tok.unk_id == 3
+    bpe = lm_core.BPETokenizer.train("hello world " * 50, vocab_size=300)
+    assert A.probe_token_ids(bpe) is None
 
 
 class _IdealInductionModel(nn.Module):

@@ -62,11 +62,19 @@ def test_corpus_stats() -> None:
 def test_synthetic_task_loads_and_is_seeded(task: str) -> None:
     text = load_corpus(f"synthetic:{task}")
     assert 250_000 <= len(text) <= 600_000
-    assert text.endswith("\n") and "\x00" not in text
+    assert "\x00" not in text
+    # n counts lines, except for induction: one unbroken stream of letters, n counts its segments
+    assert text.endswith("\n") == (task != "induction")
     assert load_corpus(f"synthetic:{task}") == text  # deterministic, default seed 0
     assert load_corpus(f"synthetic:{task}?seed=0") == text
     small = load_corpus(f"synthetic:{task}?n=300&seed=3")
-    assert small.count("\n") == 300
+    if task == "induction":
+        import random
+
+        assert len(corpora.induction_segments(300, random.Random(3))) == 300
+        assert small == "".join(t for _, t in corpora.induction_segments(300, random.Random(3)))
+    else:
+        assert small.count("\n") == 300
     assert small == load_corpus(f"synthetic:{task}?seed=3&n=300")
     assert small != load_corpus(f"synthetic:{task}?n=300&seed=4")
     info = SYNTHETIC_TASKS[task]
@@ -83,15 +91,32 @@ def _lines(task: str, n: int = 2000, seed: int = 1) -> list[str]:
     return generate_synthetic(task, n=n, seed=seed).splitlines()
 
 
-def test_induction_lines_repeat_distinct_segments_with_varying_period() -> None:
-    periods = set()
-    for line in _lines("induction"):
-        assert len(line) == 64 and line.isalpha() and line.islower()
-        period = next(p for p in range(1, 65) if line[p:] == line[:-p])
-        assert 4 <= period <= 24
-        assert len(set(line[:period])) == period  # no letter repeats within a period
-        periods.add(period)
-    assert periods == set(range(4, 25))
+def test_induction_stream_is_repeats_and_trigram_chains() -> None:
+    import random
+
+    text = generate_synthetic("induction", n=3000, seed=1)
+    assert text.isalpha() and text.islower()  # one unbroken stream: no separators, no other tokens
+    segs = corpora.induction_segments(3000, random.Random(1))
+    assert "".join(t for _, t in segs) == text
+    repeats = [t for k, t in segs if k == "repeat"]
+    chains = [t for k, t in segs if k == "chain"]
+    assert 0.65 < len(repeats) / len(segs) < 0.75
+    runs = set()
+    for t in repeats:  # a run of 5-14 letters, written twice
+        half = len(t) // 2
+        assert len(t) % 2 == 0 and t[:half] == t[half:] and 5 <= half <= 14
+        runs.add(half)
+    assert runs == set(range(5, 15))
+    assert any(len(set(t[: len(t) // 2])) < len(t) // 2 for t in repeats)  # drawn with replacement
+    assert all(10 <= len(t) <= 28 for t in chains)
+    # chains follow one trigram table: the most common next letter after each pair explains ~90%
+    follow: dict[str, dict[str, int]] = {}
+    for t in chains:
+        for i in range(2, len(t)):
+            d = follow.setdefault(t[i - 2 : i], {})
+            d[t[i]] = d.get(t[i], 0) + 1
+    top = sum(max(d.values()) for d in follow.values())
+    assert top / sum(sum(d.values()) for d in follow.values()) > 0.85
 
 
 @pytest.mark.parametrize(
