@@ -380,6 +380,8 @@ def test_induction_button_starts_the_induction_preset_and_circuits_show(env, mon
         assert tc.eval_interval == max(10, tc.max_steps // 20)  # ~20 measurements of the head scores
         assert lm_runs.load_run_config(job.run_dir).corpus == "synthetic:induction"
         assert at.session_state["train_preset"] == "induction" and at.session_state["train_tokenizer"] == "char"
+        # the text to inspect becomes a repeated run of letters (it was the untouched default)
+        assert at.session_state["inspect_text"] == "xkcdmzqwhtbf" * 2
         # circuits: head scores, recorded by the trainer or read from the first weight snapshots
         assert _wait_for(lambda: len(lm_runs.list_snapshot_steps(job.run_dir)) >= 3 and len(job.trainer.history) >= 1,
                          timeout=60)

@@ -27,6 +27,7 @@ PREVIEW_CHARS = 600
 SOURCES = ["Built-in", "Tiny Shakespeare", "Upload a .txt", "Paste text", "Synthetic task"]
 DEFAULT_PRESET = "default"
 INDUCTION_PRESET = "induction"
+INDUCTION_INSPECT_TEXT = "xkcdmzqwhtbf" * 2  # within the preset's 32-token context
 AUTO_MEASURE_FLOPS = 3e10   # measure the step time automatically below this much work per step
 
 ui.page_header("Train", "Train a small GPT on a text of your choice and watch its loss, gradients and "
@@ -146,7 +147,8 @@ def corpus_section() -> None:
     m[2].metric("Characters", f"{stats['chars']:,}")
     m[3].metric("Distinct characters", f"{stats['distinct_chars']:,}")
     with st.expander("Preview", expanded=False):
-        st.code(cur.text[:PREVIEW_CHARS] + ("…" if len(cur.text) > PREVIEW_CHARS else ""), language=None)
+        st.code(cur.text[:PREVIEW_CHARS] + ("…" if len(cur.text) > PREVIEW_CHARS else ""), language=None,
+                wrap_lines=True)  # a stream with no line breaks (synthetic:induction) stays readable
 
 
 # -- 2. tokenizer ------------------------------------------------------------------------------
@@ -332,6 +334,9 @@ def _fill_induction() -> None:
     ss[state.TRAIN_PRESET] = INDUCTION_PRESET
     _apply_preset()
     ss[state.TRAIN_START_INDUCTION] = True
+    if ss.get(state.INSPECT_TEXT, state.DEFAULT_INSPECT_TEXT) == state.DEFAULT_INSPECT_TEXT:
+        # the Attention page then shows what the head does: a random run of letters, written twice
+        ss[state.INSPECT_TEXT] = INDUCTION_INSPECT_TEXT
 
 
 def induction_box() -> None:
