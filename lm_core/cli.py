@@ -46,6 +46,7 @@ _MODEL_FLAGS = {"n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd", "b
                 "dropout": "dropout", "bias": "bias"}
 _TRAIN_FLAGS = {"batch_size": "batch_size", "lr": "learning_rate", "max_steps": "max_steps",
                 "warmup_steps": "warmup_steps", "min_lr": "min_lr", "weight_decay": "weight_decay",
+                "beta1": "beta1", "beta2": "beta2",
                 "grad_clip": "grad_clip", "eval_interval": "eval_interval", "eval_iters": "eval_iters",
                 "seed": "seed", "log_interval": "log_interval", "checkpoint_interval": "checkpoint_interval",
                 "max_seconds": "max_seconds", "early_stopping_patience": "early_stopping_patience",
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup-steps", type=int)
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--grad-clip", type=float)
+    t.add_argument("--beta1", type=float, help="AdamW beta1 (default 0.9)")
+    t.add_argument("--beta2", type=float, help="AdamW beta2 (default 0.99)")
     t.add_argument("--max-steps", type=int)
     t.add_argument("--max-seconds", type=float, help="stop after this much wall-clock training time")
     t.add_argument("--schedule", choices=["steps", "time"], help="what the cosine decay follows")

@@ -8,7 +8,9 @@ Three ways in:
   ``tokenizer.json``], as written by ``save_pretrained`` or downloaded from the hub) reads the
   files directly with ``safetensors``: no ``transformers`` needed, no pickle.
 * :func:`load_pretrained` with a hub name (``"gpt2"``) downloads through
-  ``transformers.GPT2LMHeadModel.from_pretrained``; ``transformers`` is an optional extra.
+  ``transformers.GPT2LMHeadModel.from_pretrained`` (the tokenizer through ``huggingface_hub``);
+  ``transformers`` is an optional extra. A model downloaded before loads from the cache with no
+  network; with no network and no cache it fails within seconds, not after the hub's retries.
 
 Hugging Face stores GPT-2's projections as ``Conv1D`` weights ``[in, out]``; ``nn.Linear``
 wants ``[out, in]``, so they are transposed. The q/k/v split of ``c_attn`` and the head order
@@ -19,9 +21,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 
@@ -188,6 +193,45 @@ def _load_folder(folder: Path) -> tuple[GPT, BPETokenizer | None]:
     return _build(cfg, _read_safetensors(folder)), _folder_tokenizer(folder)
 
 
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _hub_unreachable(timeout: float = 5.0) -> str | None:
+    """``None`` if a TCP connection to the hub's endpoint opens within ``timeout`` s, else why not.
+
+    Without it, a machine with no network waits through huggingface_hub's retries (about 23 s
+    for a refused connection, minutes for one that never answers) before saying so. Skipped
+    (``None``) behind a proxy, where a direct connection proves nothing.
+    """
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return None
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        return f"{host}:{port} ({e.strerror or type(e).__name__})"
+    return None
+
+
+def _hub_tokenizer(name: str, local_only: bool) -> BPETokenizer:
+    """The repo's ``tokenizer.json``, else GPT-2's ``vocab.json`` + ``merges.txt``, via the hub cache."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return BPETokenizer.from_hf_json(hf_hub_download(name, "tokenizer.json", local_files_only=local_only))
+    except EntryNotFoundError:
+        vocab = hf_hub_download(name, "vocab.json", local_files_only=local_only)
+        hf_hub_download(name, "merges.txt", local_files_only=local_only)
+        tok = _folder_tokenizer(Path(vocab).parent)
+        if tok is None:
+            raise ValueError(f"{name!r} on the hub has neither tokenizer.json nor vocab.json + merges.txt")
+        return tok
+
+
 def _load_hub(name: str) -> tuple[GPT, BPETokenizer]:
     try:
         import transformers
@@ -196,17 +240,30 @@ def _load_hub(name: str) -> tuple[GPT, BPETokenizer]:
             f"loading {name!r} from the Hugging Face hub needs the transformers package: "
             f"pip install {TRANSFORMERS_PIN} (or give a local folder with config.json and model.safetensors)"
         ) from None
-    from tokenizers import Tokenizer
+    from huggingface_hub import constants
 
-    try:
-        hf_model = transformers.GPT2LMHeadModel.from_pretrained(name)
-        hf_tok = Tokenizer.from_pretrained(name)
-    except Exception as e:  # network, unknown repo, not GPT-2: the hub raises many types
-        raise ValueError(
-            f"could not load {name!r} from the Hugging Face hub ({type(e).__name__}: {e}); check the name "
-            f"and the network, or give a local folder with config.json and model.safetensors"
-        ) from e
-    return gpt_from_hf(hf_model), BPETokenizer(hf_tok)
+    def fetch(local_only: bool):
+        hf_model = transformers.GPT2LMHeadModel.from_pretrained(name, local_files_only=local_only)
+        return hf_model, _hub_tokenizer(name, local_only)
+
+    try:  # downloaded before: load from the cache, no network, no waiting
+        hf_model, tok = fetch(local_only=True)
+    except Exception:  # not (all) in the cache; the hub raises many types
+        if constants.HF_HUB_OFFLINE:
+            raise ValueError(f"{name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; unset it "
+                             f"to download, or give a local folder with config.json and model.safetensors") from None
+        why = _hub_unreachable()
+        if why is not None:
+            raise ValueError(f"could not reach the Hugging Face hub at {why} to download {name!r}; check the "
+                             f"network, or give a local folder with config.json and model.safetensors") from None
+        try:
+            hf_model, tok = fetch(local_only=False)
+        except Exception as e:  # network, unknown repo, not GPT-2: the hub raises many types
+            raise ValueError(
+                f"could not load {name!r} from the Hugging Face hub ({type(e).__name__}: {e}); check the name "
+                f"and the network, or give a local folder with config.json and model.safetensors"
+            ) from e
+    return gpt_from_hf(hf_model), tok
 
 
 def _looks_like_path(s: str) -> bool:
