@@ -7,7 +7,9 @@ One ``json.dumps`` per line, each with a ``"metric"`` key:
 * ``capture_overhead``: ``model.run_with_cache(idx)`` (every hook) ÷ ``model(idx)`` under
   ``torch.no_grad`` in eval mode at T = block_size. Target ≤ 1.5. Rows with ``capture`` =
   ``"patterns"`` / ``"noop_hooks"`` split the cost (explicit attention path vs hook calls).
-* ``transformer_lens_capture``: the same against TransformerLens, or why it was skipped.
+* ``transformer_lens_capture``: ``run_with_cache`` (every hook point) of TransformerLens'
+  ``HookedTransformer`` ÷ lm_core's at the same shapes (``tl_over_ours`` > 1: lm_core is ahead),
+  or why it was skipped (TransformerLens is not a dependency: run with a Python that has it).
 * ``kv_cache_speedup``: ``lm_core.generate`` ms/token with the KV cache vs recomputing, at a
   256-token context. Target ≥ 3.
 * ``capture_step``: one generation step with ``capture=True`` on the default-size model.
@@ -100,16 +102,45 @@ def bench_capture(name: str, dims: dict, batch: int, repeats: int) -> None:
              capture_ms=round(med[part], 3), ratio=round(med[part] / base, 3), repeats=repeats)
 
 
-def bench_transformer_lens() -> None:
+def bench_transformer_lens(shapes: dict[str, dict], repeats: int) -> None:
+    """``run_with_cache`` of lm_core vs TransformerLens' ``HookedTransformer`` at the same shapes.
+
+    TransformerLens is not a dependency of LM Lens; run this file with a Python that has it
+    (e.g. a separate venv with ``pip install transformer_lens``) to get the rows. Both models are
+    random GPT-2-style (LayerNorm, GELU-tanh, learned positions, d_mlp = 4 d), in eval mode under
+    ``torch.no_grad``, caching every hook point.
+    """
     try:
-        import transformer_lens  # noqa: F401
-    except ImportError as e:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    except ImportError as e:  # not installed, or TransformerLens >= 4 (HookedTransformer removed: use 3.x)
         emit("transformer_lens_capture", skipped=True,
-             reason=f"transformer_lens is not importable ({e}); it is not a dependency of LM Lens "
-                    f"and is deliberately not installed into .venv")
+             reason=f"transformer_lens is not importable ({e}); it is not a dependency of LM Lens: run this "
+                    f"bench with a Python that has it (pip install transformer_lens in a separate venv)")
         return
-    emit("transformer_lens_capture", skipped=True,
-         reason="transformer_lens is importable but a like-for-like comparison is not implemented yet")
+    from importlib.metadata import version
+
+    for name, dims in shapes.items():
+        d, H = dims["n_embd"], dims["n_head"]
+        cfg = HookedTransformerConfig(n_layers=dims["n_layer"], d_model=d, n_ctx=dims["block_size"], d_head=d // H,
+                                      n_heads=H, d_mlp=4 * d, d_vocab=dims["vocab_size"], act_fn="gelu_new",
+                                      normalization_type="LN", device="cpu", seed=0)
+        tl = HookedTransformer(cfg).eval()
+        ours = _model(**dims)
+        for batch in (1, 8):
+            idx = torch.randint(0, dims["vocab_size"], (batch, dims["block_size"]),
+                                generator=torch.Generator().manual_seed(1))
+            with torch.no_grad():
+                _, tl_cache = tl.run_with_cache(idx)
+                _, our_cache = ours.run_with_cache(idx)
+                med = _interleaved({"tl": lambda: tl.run_with_cache(idx), "ours": lambda: ours.run_with_cache(idx),
+                                    "tl_plain": lambda: tl(idx), "ours_plain": lambda: ours(idx)},
+                                   repeats=repeats if batch == 1 else max(5, repeats // 3), warmup=3)
+            emit("transformer_lens_capture", model=name, batch=batch, T=dims["block_size"], allocator=ALLOCATOR,
+                 transformer_lens=version("transformer_lens"),
+                 hook_points_tl=len(tl_cache), hook_points_ours=len(our_cache),
+                 tl_capture_ms=round(med["tl"], 3), ours_capture_ms=round(med["ours"], 3),
+                 tl_plain_ms=round(med["tl_plain"], 3), ours_plain_ms=round(med["ours_plain"], 3),
+                 tl_over_ours=round(med["tl"] / med["ours"], 2), ok=med["tl"] > med["ours"])
 
 
 def _generate_step_ms(model, prompt: list[int], new: int, use_kv_cache: bool) -> list[float]:
@@ -175,7 +206,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats (noisier)")
     ap.add_argument("--tuned-malloc", action="store_true", help="apply lm_core.runtime.tune_allocator() first")
-    ap.add_argument("--capture-only", action="store_true", help="only the capture_overhead rows")
+    ap.add_argument("--capture-only", action="store_true",
+                    help="only the capture_overhead (and transformer_lens_capture) rows")
     ap.add_argument("--no-tuned-rerun", action="store_true",
                     help="do not rerun the capture rows in a subprocess with the tuned allocator")
     args = ap.parse_args()
@@ -196,9 +228,9 @@ def main() -> None:
     for name, dims in shapes.items():
         for batch in (1, 8):
             bench_capture(name, dims, batch, rep if batch == 1 else max(5, rep // 3))
+    bench_transformer_lens(shapes, rep)
     if args.capture_only:
         return
-    bench_transformer_lens()
     bench_kv_cache(repeats=2 if args.quick else 5)
     bench_capture_step(repeats=3 if args.quick else 10)
     if not args.tuned_malloc and not args.no_tuned_rerun:
