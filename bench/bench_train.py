@@ -14,6 +14,13 @@ One ``json.dumps`` per line, each with a ``"metric"`` key:
   runs it); plus the UI's latency for a small fixed job, idle vs during training. Target ≥ 0.9.
 * ``nanogpt_cpu``: the ``nanogpt-cpu`` preset, 2000 steps: final val loss. Target ≤ 1.89.
 * ``quick``: the ``quick`` preset, 60 s wall clock: final val loss. Goal ≤ 1.80.
+* ``reference`` (not in the default set: ~3.5 min per seed): nanoGPT's CPU recipe trained twice
+  per seed, by the ``nanogpt-cpu`` preset through :class:`Trainer` and by a separate,
+  self-contained implementation of nanoGPT's model and training loop below (its own
+  LayerNorm without bias, exact GELU, SDPA, nanoGPT's init, AdamW groups, warmup + cosine and
+  global-RNG batches), both scored by one val estimator: 300 fixed batches of the last 10%.
+  nanoGPT reports 1.88 from 20 random batches; the rows say how far one estimate of that kind
+  (``reference_val_20_random``) can sit from the 300-batch figure.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from lm_core.presets import preset_configs  # noqa: E402
 from lm_core.tokenizers import CharTokenizer  # noqa: E402
 from lm_core.train import Trainer, available_cores  # noqa: E402
 
-PARTS = ("ratio", "thread", "nanogpt", "quick")
+PARTS = ("ratio", "thread", "nanogpt", "quick", "reference")
 POLL_S = 1.0  # the app's live view refreshes once a second
 
 
@@ -181,12 +188,141 @@ def bench_preset(text, tok, preset: str, metric: str, target: float, **over) -> 
          load_avg=[round(x, 2) for x in os.getloadavg()], target=target, ok=val <= target)
 
 
+# -- an independent implementation of nanoGPT's CPU recipe, for the "reference" part ------------
+
+
+class _RefLayerNorm(torch.nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(n))  # no bias, as nanoGPT's default bias=False
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, None, 1e-5)
+
+
+class _RefBlock(torch.nn.Module):
+    def __init__(self, d: int, h: int) -> None:
+        super().__init__()
+        self.h = h
+        self.ln_1, self.ln_2 = _RefLayerNorm(d), _RefLayerNorm(d)
+        self.c_attn, self.attn_proj = torch.nn.Linear(d, 3 * d, bias=False), torch.nn.Linear(d, d, bias=False)
+        self.c_fc, self.mlp_proj = torch.nn.Linear(d, 4 * d, bias=False), torch.nn.Linear(4 * d, d, bias=False)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.h, C // self.h).transpose(1, 2) for t in (q, k, v))  # (B, h, T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        x = x + self.attn_proj(y)
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+
+class _RefGPT(torch.nn.Module):
+    def __init__(self, vocab: int, block: int, n_layer: int, n_head: int, d: int) -> None:
+        super().__init__()
+        self.wte, self.wpe = torch.nn.Embedding(vocab, d), torch.nn.Embedding(block, d)
+        self.blocks = torch.nn.ModuleList(_RefBlock(d, n_head) for _ in range(n_layer))
+        self.ln_f = _RefLayerNorm(d)
+        self.head = torch.nn.Linear(d, vocab, bias=False)
+        self.wte.weight = self.head.weight  # tied
+        for m in self.modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
+                torch.nn.init.normal_(m.weight, 0.0, 0.02)
+        for name, p in self.named_parameters():
+            if name.endswith(("attn_proj.weight", "mlp_proj.weight")):
+                torch.nn.init.normal_(p, 0.0, 0.02 / (2 * n_layer) ** 0.5)
+
+    def forward(self, idx):  # (B, T) -> logits (B, T, V)
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.ln_f(x))
+
+
+def _val_estimate(model, val_ids, n: int = 300, batch: int = 12, block: int = 64) -> float:
+    """Mean cross-entropy over ``n`` fixed batches of the val split: one estimator for both sides."""
+    from lm_core.data import VAL_STREAM, get_batch
+
+    model.eval()
+    with torch.no_grad():
+        losses = []
+        for i in range(n):
+            x, y = get_batch(val_ids, batch, block, 4242, VAL_STREAM, i)
+            logits = model(x)
+            losses.append(F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)))
+    return float(torch.stack(losses).mean())
+
+
+def _reference_run(text, tok, seed: int) -> tuple[float, float]:
+    """nanoGPT's loop, step for step: returns (val over 300 fixed batches, val over 20 random ones)."""
+    import math
+
+    from lm_core.data import split_text
+
+    mcfg, tcfg = preset_configs("nanogpt-cpu", tok.vocab_size)
+    train, val = split_text(text, tok, mcfg.block_size)
+    torch.manual_seed(seed)
+    model = _RefGPT(tok.vocab_size, mcfg.block_size, mcfg.n_layer, mcfg.n_head, mcfg.n_embd)
+    params = [p for p in model.parameters()]
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": tcfg.weight_decay},
+                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                            lr=tcfg.learning_rate, betas=(tcfg.beta1, tcfg.beta2))
+    B, T, W, S = tcfg.batch_size, mcfg.block_size, tcfg.warmup_steps, tcfg.max_steps
+
+    def lr_at(it: int) -> float:
+        if it < W:
+            return tcfg.learning_rate * (it + 1) / (W + 1)
+        r = (it - W) / (S - W)
+        return tcfg.min_lr + 0.5 * (1 + math.cos(math.pi * r)) * (tcfg.learning_rate - tcfg.min_lr)
+
+    def batch(ids):
+        ix = torch.randint(len(ids) - T, (B,))
+        return torch.stack([ids[i:i + T] for i in ix]), torch.stack([ids[i + 1:i + 1 + T] for i in ix])
+
+    model.train()
+    for it in range(S):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(it)
+        x, y = batch(train.ids)
+        logits = model(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+        opt.step()
+    model.eval()
+    with torch.no_grad():  # nanoGPT's own estimate: 20 random batches
+        rand = []
+        for _ in range(20):
+            x, y = batch(val.ids)
+            rand.append(F.cross_entropy(model(x).view(-1, tok.vocab_size), y.view(-1)))
+    return _val_estimate(model, val.ids), float(torch.stack(rand).mean())
+
+
+def bench_reference(text, tok, seeds: list[int]) -> None:
+    from lm_core.data import split_text
+
+    gaps = []
+    for seed in seeds:
+        t = _trainer(text, tok, "nanogpt-cpu", sample_tokens=0, snapshots=0, seed=seed)
+        t.run()
+        _, val = split_text(text, tok, t.model.config.block_size)
+        ours = _val_estimate(t.model, val.ids)
+        ref, ref20 = _reference_run(text, tok, seed)
+        gaps.append(ours - ref)
+        emit("nanogpt_reference", seed=seed, trainer_val_300=round(ours, 4), reference_val_300=round(ref, 4),
+             reference_val_20_random=round(ref20, 4), trainer_minus_reference=round(ours - ref, 4))
+    emit("nanogpt_reference_summary", seeds=seeds, mean_trainer_minus_reference=round(statistics.mean(gaps), 4),
+         note="same recipe, same machine, same 300-batch estimator; > 0 means the Trainer ends worse")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default=",".join(PARTS),
+    ap.add_argument("--only", default=",".join(p for p in PARTS if p != "reference"),
                     help=f"comma-separated parts to run: {', '.join(PARTS)}")
     ap.add_argument("--rounds", type=int, default=10, help="rounds of the ratio part (median of pair ratios)")
     ap.add_argument("--steps", type=int, default=30, help="steps per side per round of the ratio part")
+    ap.add_argument("--seeds", default="1337,1", help="seeds of the reference part (comma-separated)")
     args = ap.parse_args()
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     bad = [p for p in parts if p not in PARTS]
@@ -204,6 +340,8 @@ def main() -> None:
         bench_preset(text, tok, "nanogpt-cpu", "nanogpt_cpu", 1.89)
     if "quick" in parts:
         bench_preset(text, tok, "quick", "quick", 1.80)
+    if "reference" in parts:
+        bench_reference(text, tok, [int(x) for x in args.seeds.split(",") if x.strip()])
 
 
 if __name__ == "__main__":
