@@ -37,6 +37,7 @@ transformers = pytest.importorskip(
     "transformers", reason="transformers is not installed (optional extra: pip install transformers==5.23.0)"
 )
 hub_constants = pytest.importorskip("huggingface_hub.constants")
+from test_pretrained import _hf_model  # noqa: E402  (a random GPT-2 with every parameter far from its init)
 transformers_hub = pytest.importorskip("transformers.utils.hub")
 
 REPO = "tiny-org/tiny-gpt2"
@@ -117,17 +118,6 @@ class _Handler(BaseHTTPRequestHandler):
         data = files[filename]
         self._send(200, {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
                          "Content-Type": "application/octet-stream"}, data, body)
-
-
-def _hf_model(seed: int, **kw):
-    """A random GPT2LMHeadModel whose every parameter (biases, LayerNorms) is far from its init."""
-    torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(bos_token_id=0, eos_token_id=0, attn_implementation="eager", **kw)
-    hf = transformers.GPT2LMHeadModel(cfg).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.normal_(0.0, 0.2)
-    return hf
 
 
 @pytest.fixture(scope="module")
