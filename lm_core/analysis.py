@@ -358,8 +358,9 @@ def probe_head_scores(model: GPT, seq_len: int | None = None, seed: int = 0, bat
     the same for every call with the same ``seed``, so scores at different training steps are
     comparable. ``previous_token`` is scored over every query row; ``duplicate_token`` and
     ``induction`` over the rows of the repeated copy only (so a perfect head scores 1.0, as in
-    :func:`induction_score`); ``entropy`` is :func:`attention_entropy` in nats. Averaged over the batch. ``token_ids`` limits the
-    random ids to that pool (the trainer passes :func:`probe_token_ids` of its tokenizer).
+    :func:`induction_score`); ``entropy`` is :func:`attention_entropy` in nats. Averaged over the
+    batch. ``token_ids`` limits the random ids to that pool (the trainer passes
+    :func:`probe_token_ids` of its tokenizer).
     """
     cfg = model.config
     if seq_len is None:

@@ -158,10 +158,19 @@ def _point_hub_at(monkeypatch, tmp_path: Path, endpoint: str) -> None:
     monkeypatch.setattr(transformers_hub, "_hf_api", None, raising=False)
 
 
+VOCAB_REPO = "tiny-org/tiny-gpt2-vocab-merges"
+
+
 @pytest.fixture
 def fake_hub(tiny_repo, tmp_path, monkeypatch):
-    files, _, _ = tiny_repo
-    server = FakeHub({REPO: files})
+    files, _, tok = tiny_repo
+    # the same model with GPT-2's older tokenizer files instead of tokenizer.json
+    (tmp_path / "vm").mkdir()
+    tok.hf.model.save(str(tmp_path / "vm"))  # vocab.json + merges.txt
+    older = {k: v for k, v in files.items() if k != "tokenizer.json"}
+    older.update({f.name: f.read_bytes() for f in (tmp_path / "vm").iterdir()})
+    assert {"vocab.json", "merges.txt"} <= set(older)
+    server = FakeHub({REPO: files, VOCAB_REPO: older})
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     _point_hub_at(monkeypatch, tmp_path, server.url)
@@ -193,6 +202,19 @@ def test_load_pretrained_from_the_fake_hub(fake_hub, tiny_repo):
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= fetched, fake_hub.log
     # an optional file the repo lacks was asked for, answered 404 EntryNotFound, and skipped
     assert any(p.endswith("/generation_config.json") for p in fake_hub.paths("HEAD")), fake_hub.log
+
+
+def test_a_repo_with_vocab_and_merges_instead_of_tokenizer_json(fake_hub, tiny_repo):
+    _, hf, hf_tok = tiny_repo
+    model, tok = load_pretrained(VOCAB_REPO)
+    text = "the cat sat on the rat"
+    assert tok.vocab_size == hf_tok.vocab_size and tok.decode(tok.encode(text)) == text
+    assert tok.encode(text) == hf_tok.encode(text)
+    assert any(p.endswith("/tokenizer.json") for p in fake_hub.paths("HEAD"))  # asked first, 404
+    assert any(p.endswith("/merges.txt") for p in fake_hub.paths("GET")), fake_hub.log
+    ids = torch.tensor([tok.encode(text)])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
 
 
 def test_unknown_repo_is_a_value_error_naming_it(fake_hub):
