@@ -7,6 +7,8 @@ One ``json.dumps`` per line, each with a ``"metric"`` key:
 * ``device``: the GPU, torch and CUDA versions.
 * ``cuda_matches_cpu``: one model's logits and every attention pattern on CUDA vs the CPU
   (fp32 and TF32 off: max absolute difference), and ``run_with_cache`` returning CPU tensors.
+* ``analysis_cuda``: every ``lm_core.analysis`` function (head scores, probes, logit lens,
+  ablation, the mechanics walkthrough) on a CUDA copy of a model vs the CPU one: max abs diff.
 * ``kv_cache_cuda``: greedy generation on CUDA with the KV cache gives the same tokens as
   recomputing the whole window, with capture on; tokens/s of both.
 * ``precision``: training tokens/s of the ``gpu`` preset's model with bf16 autocast ÷ fp32
@@ -70,6 +72,48 @@ def bench_parity() -> None:
     ok = check("cuda_matches_cpu", d_logits < 1e-4 and d_pattern < 1e-5 and d_fused < 1e-4 and on_cpu)
     emit("cuda_matches_cpu", max_abs_logits=d_logits, max_abs_pattern=d_pattern, max_abs_fused=d_fused,
          cache_on_cpu=on_cpu, ok=ok)
+
+
+@torch.no_grad()
+def bench_analysis() -> None:
+    """lm_core.analysis on a CUDA model gives what it gives on the CPU (outputs come back on the CPU)."""
+    from lm_core import analysis as A
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    cpu = GPT(ModelConfig(vocab_size=65, n_layer=2, n_head=4, n_embd=64, block_size=64)).eval()
+    gpu = GPT(cpu.config).eval()
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.to("cuda")
+    ids = torch.randint(0, 65, (40,), generator=torch.Generator().manual_seed(2)).tolist()
+    diffs: dict[str, float] = {}
+
+    def close(name, a, b):
+        a, b = torch.as_tensor(a).float().cpu(), torch.as_tensor(b).float().cpu()
+        diffs[name] = float((a - b).abs().max()) if a.numel() else 0.0
+
+    for k, v in A.all_head_scores(cpu, ids).items():
+        close(f"all_head_scores.{k}", v, A.all_head_scores(gpu, ids)[k])
+    close("induction_score", A.induction_score(cpu, seq_len=16, batch=2), A.induction_score(gpu, seq_len=16, batch=2))
+    for k, v in A.probe_head_scores(cpu).items():
+        close(f"probe_head_scores.{k}", v, A.probe_head_scores(gpu)[k])
+    lc, lg = A.logit_lens(cpu, ids), A.logit_lens(gpu, ids)
+    close("logit_lens.top_probs", lc.top_probs, lg.top_probs)
+    close("logit_lens.true_next_prob", lc.true_next_prob, lg.true_next_prob)
+    for mode in ("zero", "mean"):
+        close(f"ablate_heads.{mode}", A.ablate_heads(cpu, ids, heads=[(0, 1), (1, 2)], mlp_layers=[0], mode=mode),
+              A.ablate_heads(gpu, ids, heads=[(0, 1), (1, 2)], mlp_layers=[0], mode=mode))
+    close("loss_on", A.loss_on(cpu, ids), A.loss_on(gpu, ids))
+    ec, eg = A.head_ablation_effects(cpu, ids), A.head_ablation_effects(gpu, ids)
+    close("head_ablation_effects", ec.select_dtypes("number").to_numpy(), eg.select_dtypes("number").to_numpy())
+    wc, wg = A.attention_walkthrough(cpu, ids, 1, 2), A.attention_walkthrough(gpu, ids, 1, 2)
+    for k, v in wc.items():
+        if isinstance(v, torch.Tensor):
+            close(f"attention_walkthrough.{k}", v, wg[k])
+    worst = max(diffs.values())
+    ok = check("analysis_cuda", worst < 1e-4)
+    emit("analysis_cuda", checks=len(diffs), max_abs_diff=worst,
+         worst=max(diffs, key=diffs.get), ok=ok)
 
 
 def bench_kv(text: str, tok: CharTokenizer) -> None:
@@ -138,7 +182,7 @@ def bench_preset(text: str, tok: CharTokenizer, steps: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5000, help="steps of the gpu preset (default 5000)")
-    ap.add_argument("--only", default="parity,kv,precision,preset")
+    ap.add_argument("--only", default="parity,analysis,kv,precision,preset")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_gpu.py: CUDA is not available on this machine")
@@ -148,6 +192,8 @@ def main() -> None:
     tok = CharTokenizer.train(text)
     if "parity" in parts:
         bench_parity()
+    if "analysis" in parts:
+        bench_analysis()
     if "kv" in parts:
         bench_kv(text, tok)
     if "precision" in parts:
