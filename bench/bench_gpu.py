@@ -53,14 +53,20 @@ def check(name: str, ok: bool) -> bool:
     return ok
 
 
-@torch.no_grad()
-def bench_parity() -> None:
+def _cpu_and_cuda_copy() -> tuple[GPT, GPT]:
+    """One small random model in eval mode, on the CPU and as a CUDA copy; TF32 off, so the two
+    differ only by kernel rounding."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     cpu = GPT(ModelConfig(vocab_size=65, n_layer=2, n_head=4, n_embd=64, block_size=64)).eval()
     gpu = GPT(cpu.config).eval()
     gpu.load_state_dict(cpu.state_dict())
-    gpu.to("cuda")
+    return cpu, gpu.to("cuda")
+
+
+@torch.no_grad()
+def bench_parity() -> None:
+    cpu, gpu = _cpu_and_cuda_copy()
     x = torch.randint(0, 65, (2, 64))
     lc, cc = cpu.run_with_cache(x)
     lg, cg = gpu.run_with_cache(x.cuda())
@@ -79,12 +85,7 @@ def bench_analysis() -> None:
     """lm_core.analysis on a CUDA model gives what it gives on the CPU (outputs come back on the CPU)."""
     from lm_core import analysis as A
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.manual_seed(0)
-    cpu = GPT(ModelConfig(vocab_size=65, n_layer=2, n_head=4, n_embd=64, block_size=64)).eval()
-    gpu = GPT(cpu.config).eval()
-    gpu.load_state_dict(cpu.state_dict())
-    gpu.to("cuda")
+    cpu, gpu = _cpu_and_cuda_copy()
     ids = torch.randint(0, 65, (40,), generator=torch.Generator().manual_seed(2)).tolist()
     diffs: dict[str, float] = {}
 
