@@ -5,7 +5,8 @@ caller look at (or edit) any intermediate activation, in the way TransformerLens
 
 * :class:`HookPoint` is an identity module placed wherever an activation is worth naming.
   Its name comes from the module tree (``blocks.0.attn.hook_pattern``), so names are never
-  typed twice.
+  typed twice. Hooks are kept per thread, not on the module, so one model object can serve
+  several threads (a server's sessions) and each sees only its own hooks.
 * :class:`HookedModule` gives a model ``hook_names``, ``hooks()``, ``run_with_cache()`` and
   ``run_with_hooks()``. Hooks are always attached through a context manager and always removed,
   also when a hook raises.
@@ -16,7 +17,9 @@ caller look at (or edit) any intermediate activation, in the way TransformerLens
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Union
 
 import torch
@@ -29,36 +32,74 @@ HookFn = Callable[[torch.Tensor, str], Union[torch.Tensor, None]]
 NameFilter = Union[None, str, Iterable[str], Callable[[str], bool]]
 
 
+# Hooks attached right now, per thread (and per asyncio task): HookPoint -> its functions.
+# A model object is shared freely (a server caches one for every session), so hooks must not
+# live on the HookPoints themselves: one session's run_with_cache would capture another
+# session's forward, and a plain forward in one thread would run another thread's edit. A
+# ContextVar gives each thread its own view; a new thread starts with no hooks. The mapping is
+# replaced, never mutated, so a nested ``hooks()`` block restores its parent's view exactly.
+_ATTACHED: contextvars.ContextVar[Mapping["HookPoint", tuple[HookFn, ...]]] = contextvars.ContextVar(
+    "lm_core_attached_hooks", default=MappingProxyType({})
+)
+
+
+def _attach(pairs: Iterable[tuple["HookPoint", HookFn]]) -> contextvars.Token:
+    table = dict(_ATTACHED.get())
+    for hp, fn in pairs:
+        table[hp] = table.get(hp, ()) + (fn,)
+    return _ATTACHED.set(MappingProxyType(table))
+
+
 class HookPoint(nn.Module):
     """Identity module marking a named activation.
 
-    ``forward`` returns its input unchanged unless a hook is attached. ``active`` tells the
-    model whether anyone is watching, so attention can take the fused kernel when nobody is.
+    ``forward`` returns its input unchanged unless a hook is attached *in the calling thread*.
+    ``active`` tells the model whether anyone in this thread is watching, so attention can take
+    the fused kernel when nobody is.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.name: str = ""  # filled in by HookedModule.setup_hooks()
-        self._fns: list[HookFn] = []
+
+    # nn.Module defines no __eq__/__hash__, so a HookPoint hashes by identity: a dict key.
 
     @property
     def active(self) -> bool:
-        return bool(self._fns)
+        return self in _ATTACHED.get()
+
+    @property
+    def fns(self) -> tuple[HookFn, ...]:
+        """The hooks attached to this point in the calling thread, in call order."""
+        return _ATTACHED.get().get(self, ())
 
     def add(self, fn: HookFn) -> None:
-        self._fns.append(fn)
+        """Attach ``fn`` in the calling thread until :meth:`remove` (prefer ``model.hooks()``)."""
+        _attach([(self, fn)])
 
     def remove(self, fn: HookFn) -> None:
-        for i in range(len(self._fns) - 1, -1, -1):
-            if self._fns[i] is fn:
-                del self._fns[i]
-                return
+        table = dict(_ATTACHED.get())
+        fns = list(table.get(self, ()))
+        for i in range(len(fns) - 1, -1, -1):
+            if fns[i] is fn:
+                del fns[i]
+                break
+        if fns:
+            table[self] = tuple(fns)
+        else:
+            table.pop(self, None)
+        _ATTACHED.set(MappingProxyType(table))
 
     def clear(self) -> None:
-        self._fns.clear()
+        table = dict(_ATTACHED.get())
+        if table.pop(self, None) is not None:
+            _ATTACHED.set(MappingProxyType(table))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # skip nn.Module dispatch: hot path
-        for fn in self._fns:
+        fns = _ATTACHED.get().get(self)
+        if not fns:
+            return x
+        for fn in fns:
             out = fn(x, self.name)
             if out is not None:
                 if not isinstance(out, torch.Tensor) or out.shape != x.shape:
@@ -189,27 +230,31 @@ class HookedModule(nn.Module):
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]] = ()):
-        """Attach ``(name or predicate, fn)`` hooks for the duration of the ``with`` block."""
-        attached: list[tuple[HookPoint, HookFn]] = []
+        """Attach ``(name or predicate, fn)`` hooks for the duration of the ``with`` block.
+
+        The hooks belong to the calling thread: a forward of the same model object in another
+        thread neither runs them nor is seen by them. They are removed on leaving the block,
+        also when the block raises.
+        """
+        pairs: list[tuple[HookPoint, HookFn]] = []
+        for key, fn in fwd_hooks:
+            if callable(key):
+                points = [hp for n, hp in self.hook_dict.items() if key(n)]
+            else:
+                name = full_hook_name(key)
+                self._check_names([name])
+                points = [self.hook_dict[name]]
+            pairs.extend((hp, fn) for hp in points)
+        token = _attach(pairs)
         try:
-            for key, fn in fwd_hooks:
-                if callable(key):
-                    points = [hp for n, hp in self.hook_dict.items() if key(n)]
-                else:
-                    name = full_hook_name(key)
-                    self._check_names([name])
-                    points = [self.hook_dict[name]]
-                for hp in points:
-                    hp.add(fn)
-                    attached.append((hp, fn))
             yield self
         finally:
-            for hp, fn in reversed(attached):
-                hp.remove(fn)
+            _ATTACHED.reset(token)
 
     def reset_hooks(self) -> None:
-        for hp in self.hook_dict.values():
-            hp.clear()
+        """Detach every hook of this model in the calling thread."""
+        mine = set(self.hook_dict.values())
+        _ATTACHED.set(MappingProxyType({hp: f for hp, f in _ATTACHED.get().items() if hp not in mine}))
 
     def run_with_hooks(self, idx: torch.Tensor, fwd_hooks=(), **kwargs) -> torch.Tensor:
         """Forward with ``fwd_hooks=[(name, fn)]``; fn(tensor, name) may return a replacement."""

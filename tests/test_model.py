@@ -276,3 +276,73 @@ def test_run_with_cache_tunes_the_allocator_once(model, idx):
     model.run_with_cache(idx, names=["hook_embed"])
     assert runtime._done is not None
     assert runtime.tune_allocator() == runtime._done  # idempotent
+
+
+def test_threads_sharing_one_model_see_only_their_own_hooks(model):
+    """One model object serves many threads (a server's sessions): each run_with_cache captures
+    its own text, an ablation in one thread never reaches another thread's plain forward."""
+    import threading
+
+    lengths = [3, 5, 7, 9, 11, 12]
+    inputs = {t: torch.randint(0, CFG.vocab_size, (1, t), generator=torch.Generator().manual_seed(t))
+              for t in lengths}
+    with torch.no_grad():
+        clean = {t: model(x) for t, x in inputs.items()}
+        expected = {t: model.run_with_cache(x)[1]["blocks.1.attn.hook_pattern"] for t, x in inputs.items()}
+    barrier = threading.Barrier(len(lengths) + 1)
+    errors: list[BaseException] = []
+
+    def slow_zero(z, name):  # an ablation that holds the GIL long enough for threads to interleave
+        for _ in range(200):
+            pass
+        return torch.zeros_like(z)
+
+    def capture(t: int) -> None:
+        try:
+            barrier.wait()
+            for _ in range(15):
+                with torch.no_grad():
+                    logits, cache = model.run_with_cache(inputs[t])
+                    pattern = cache["blocks.1.attn.hook_pattern"]
+                    assert pattern.shape == (1, CFG.n_head, t, t), pattern.shape
+                    torch.testing.assert_close(pattern, expected[t])
+                    torch.testing.assert_close(logits, clean[t])
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    def ablate() -> None:
+        try:
+            barrier.wait()
+            x = inputs[12]
+            for _ in range(15):
+                with torch.no_grad():
+                    out = model.run_with_hooks(x, fwd_hooks=[("blocks.0.attn.hook_z", slow_zero)])
+                assert (out - clean[12]).abs().max() > 1e-4  # this thread's own edit applies
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=capture, args=(t,)) for t in lengths[:-1]] + [threading.Thread(target=ablate)]
+    for th in threads:
+        th.start()
+    barrier.wait()
+    plain = []
+    for _ in range(15):
+        with torch.no_grad():
+            plain.append((model(inputs[12]) - clean[12]).abs().max().item())
+    for th in threads:
+        th.join(timeout=60)
+    assert not errors, errors[0]
+    assert max(plain) < 1e-6, "a plain forward in one thread ran another thread's hook"
+    assert not any(hp.active for hp in model.hook_dict.values())
+
+
+def test_hooks_attached_in_one_thread_are_invisible_in_another(model, idx):
+    import threading
+
+    seen_active = []
+    with model.hooks([("blocks.0.attn.hook_pattern", lambda t, n: None)]):
+        assert model.hook_dict["blocks.0.attn.hook_pattern"].active
+        th = threading.Thread(target=lambda: seen_active.append(model.hook_dict["blocks.0.attn.hook_pattern"].active))
+        th.start()
+        th.join()
+    assert seen_active == [False]
