@@ -3,8 +3,9 @@
 ``load_corpus(spec)`` accepts
 
 * ``"builtin:python-docs"``: Python's own help topics (``pydoc_data``), offline, ~465 KB;
-* ``"tiny-shakespeare"``: downloaded once (checksummed) into a cache folder, or read from the
-  file that env ``LM_LENS_TINY_SHAKESPEARE`` names;
+* ``"tiny-shakespeare"``: the copy shipped in ``assets/data`` (xz, 364 KB, checksummed), so
+  it works offline; or the file that env ``LM_LENS_TINY_SHAKESPEARE`` names; or, where neither
+  is there (or with ``fresh=True``), downloaded once into a cache folder and checksummed;
 * ``"synthetic:<task>"`` or ``"synthetic:<task>?n=2000&seed=3"``: a generated algorithmic task
   (see :data:`SYNTHETIC_TASKS`), deterministic for a seed;
 * a path to a UTF-8 text file.
@@ -16,6 +17,7 @@ names the offending spec or file and says what to do.
 from __future__ import annotations
 
 import hashlib
+import lzma
 import http.client
 import logging
 import os
@@ -71,6 +73,9 @@ TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca
 TINY_SHAKESPEARE_FILENAME = "tinyshakespeare.txt"
 ENV_TINY_SHAKESPEARE = "LM_LENS_TINY_SHAKESPEARE"  # path to a local copy: no download
 ENV_TINY_SHAKESPEARE_URL = "LM_LENS_TINY_SHAKESPEARE_URL"  # a mirror to download from instead
+# The copy that ships with LM Lens (xz-compressed). A library installed without the assets
+# falls back to the download.
+SHIPPED_TINY_SHAKESPEARE = Path(__file__).resolve().parent.parent / "assets" / "data" / "tinyshakespeare.txt.xz"
 ENV_CACHE = "LM_LENS_CACHE"  # cache folder; default ~/.cache/lm_lens
 
 SYNTHETIC_PREFIX = "synthetic:"
@@ -286,37 +291,70 @@ def _stream(
     return done, total, digest.hexdigest()
 
 
+def _shipped_tiny_shakespeare() -> str | None:
+    """The shipped copy, or None when it is not there; a damaged copy is an error, not a fallback."""
+    path = SHIPPED_TINY_SHAKESPEARE
+    if not path.is_file():
+        return None
+    try:
+        data = lzma.decompress(path.read_bytes())
+    except (OSError, lzma.LZMAError) as e:
+        raise ValueError(
+            f"The shipped Tiny Shakespeare {str(path)!r} is damaged ({e}); restore it with "
+            "`git checkout -- assets/data`, or download a fresh copy."
+        ) from None
+    if hashlib.sha256(data).hexdigest() != TINY_SHAKESPEARE_SHA256:
+        raise ValueError(
+            f"The shipped Tiny Shakespeare {str(path)!r} does not match its checksum; restore it "
+            "with `git checkout -- assets/data`, or download a fresh copy."
+        )
+    return corpus_from_bytes(data, "Tiny Shakespeare")
+
+
 def load_tiny_shakespeare(
-    *, progress: Progress | None = None, cache_dir: str | os.PathLike[str] | None = None
+    *, progress: Progress | None = None, cache_dir: str | os.PathLike[str] | None = None,
+    fresh: bool = False,
 ) -> str:
     """Tiny Shakespeare (1,115,394 characters, 65 distinct): nanoGPT's character benchmark.
 
-    Reads env ``LM_LENS_TINY_SHAKESPEARE`` if set (a local copy, no network). Otherwise
-    downloads :data:`TINY_SHAKESPEARE_URL` (or env ``LM_LENS_TINY_SHAKESPEARE_URL``) into
-    ``cache_dir`` (default :func:`default_cache_dir`), checked against
-    :data:`TINY_SHAKESPEARE_SHA256`; later calls reuse the cached copy offline.
+    In this order: the file env ``LM_LENS_TINY_SHAKESPEARE`` names (a local copy); the copy
+    shipped with LM Lens (:data:`SHIPPED_TINY_SHAKESPEARE`, checksummed), so the presets work
+    offline; else a download of :data:`TINY_SHAKESPEARE_URL` (or env
+    ``LM_LENS_TINY_SHAKESPEARE_URL``) into ``cache_dir`` (default :func:`default_cache_dir`),
+    checked against :data:`TINY_SHAKESPEARE_SHA256`, reused offline later. ``fresh=True``
+    skips the local copies and downloads (into the cache, replacing nothing until complete).
     """
-    local = os.environ.get(ENV_TINY_SHAKESPEARE)
-    if local:
-        path = Path(local).expanduser()
-        if not path.is_file():
-            raise ValueError(
-                f"{ENV_TINY_SHAKESPEARE} points at {str(path)!r}, which does not exist; fix the "
-                "path or unset the variable to download the file."
-            )
-        return _read_corpus_file(path)
+    if not fresh:
+        local = os.environ.get(ENV_TINY_SHAKESPEARE)
+        if local:
+            path = Path(local).expanduser()
+            if not path.is_file():
+                raise ValueError(
+                    f"{ENV_TINY_SHAKESPEARE} points at {str(path)!r}, which does not exist; fix the "
+                    "path or unset the variable to use the shipped copy."
+                )
+            return _read_corpus_file(path)
+        shipped = _shipped_tiny_shakespeare()
+        if shipped is not None:
+            return shipped
     url = os.environ.get(ENV_TINY_SHAKESPEARE_URL) or TINY_SHAKESPEARE_URL
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return download_text(
+    dest = folder / TINY_SHAKESPEARE_FILENAME
+    if fresh and dest.is_file():  # a fresh copy: download again, then replace the cached one
+        dest = folder / (TINY_SHAKESPEARE_FILENAME + ".fresh")
+    text = download_text(
         url,
-        folder / TINY_SHAKESPEARE_FILENAME,
+        dest,
         sha256=TINY_SHAKESPEARE_SHA256,
         progress=progress,
         hint=(
-            f"Set {ENV_TINY_SHAKESPEARE} to a local copy of the file, or pick the built-in "
-            "corpus builtin:python-docs."
+            f"Set {ENV_TINY_SHAKESPEARE} to a local copy of the file, or use the copy shipped with "
+            "LM Lens, or pick the built-in corpus builtin:python-docs."
         ),
     )
+    if dest.name.endswith(".fresh"):
+        os.replace(dest, folder / TINY_SHAKESPEARE_FILENAME)
+    return text
 
 
 # ----------------------------------------------------------------------------- synthetic

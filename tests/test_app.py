@@ -375,15 +375,20 @@ def test_text_shorter_than_the_context_is_refused_at_start(env):
     assert not any(env.iterdir())  # no half-made run folder is left behind
 
 
-def test_download_without_network_is_an_error(env, monkeypatch):
+def test_tiny_shakespeare_is_there_offline_and_a_failed_fresh_download_keeps_it(env, monkeypatch):
     monkeypatch.delenv("LM_LENS_TINY_SHAKESPEARE", raising=False)
     monkeypatch.setenv("LM_LENS_TINY_SHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")
     at = app()
     at.switch_page("views/train.py").run()
     at.radio(key="train_source").set_value("Tiny Shakespeare").run()
+    no_problem(at)
+    assert at.session_state["train_corpus"].spec == "tiny-shakespeare"  # the shipped copy, no network
+    assert len(at.session_state["train_corpus"].text) == 1_115_394
     at.button(key="train_btn_download").click().run()
     assert not at.exception
     assert at.error and "kept" in at.error[0].value
+    assert len(at.session_state["train_corpus"].text) == 1_115_394  # the copy it had is kept
+    assert not [p for p in at.get("progress")]  # no "Connecting…" bar left above the error
 
 
 def test_synthetic_corpus_and_bpe_tokenizer_stats(env):

@@ -245,7 +245,46 @@ def test_corpus_from_text() -> None:
 def no_tiny_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     monkeypatch.delenv("LM_LENS_TINY_SHAKESPEARE", raising=False)
     monkeypatch.delenv("LM_LENS_TINY_SHAKESPEARE_URL", raising=False)
+    # as a library installed without the shipped assets: the download path
+    monkeypatch.setattr(corpora, "SHIPPED_TINY_SHAKESPEARE", Path("/nonexistent/tinyshakespeare.txt.xz"))
     return monkeypatch
+
+
+def test_tiny_shakespeare_ships_with_the_app_and_loads_offline(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    monkeypatch.delenv("LM_LENS_TINY_SHAKESPEARE", raising=False)
+    monkeypatch.setenv("LM_LENS_TINY_SHAKESPEARE_URL", _closed_port_url())  # no network
+    assert corpora.SHIPPED_TINY_SHAKESPEARE.is_file()
+    assert corpora.SHIPPED_TINY_SHAKESPEARE.stat().st_size < 400_000  # compressed in the repo
+    text = load_corpus("tiny-shakespeare", cache_dir=tmp_path)
+    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == corpora.TINY_SHAKESPEARE_SHA256
+    assert len(text) == 1_115_394 and text.startswith("First Citizen:")
+    assert not any(tmp_path.iterdir())  # nothing downloaded or cached
+
+
+def test_damaged_shipped_copy_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import lzma
+
+    monkeypatch.delenv("LM_LENS_TINY_SHAKESPEARE", raising=False)
+    bad = tmp_path / "ts.txt.xz"
+    bad.write_bytes(lzma.compress(b"First Citizen:\nnot the real text\n"))
+    monkeypatch.setattr(corpora, "SHIPPED_TINY_SHAKESPEARE", bad)
+    with pytest.raises(ValueError, match=r"does not match its checksum.*download a fresh copy"):
+        load_corpus("tiny-shakespeare")
+    bad.write_bytes(b"not xz at all")
+    with pytest.raises(ValueError, match=r"is damaged"):
+        load_corpus("tiny-shakespeare")
+
+
+def test_fresh_copy_downloads_even_with_the_shipped_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                         server) -> None:
+    text = BODY.decode("utf-8")
+    monkeypatch.setenv("LM_LENS_TINY_SHAKESPEARE_URL", f"{server.url}/input.txt")
+    monkeypatch.setattr(corpora, "TINY_SHAKESPEARE_SHA256", BODY_SHA)
+    (tmp_path / corpora.TINY_SHAKESPEARE_FILENAME).write_text("an old cached copy", encoding="utf-8")
+    assert corpora.load_tiny_shakespeare(cache_dir=tmp_path, fresh=True) == text
+    assert (tmp_path / corpora.TINY_SHAKESPEARE_FILENAME).read_text(encoding="utf-8") == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [corpora.TINY_SHAKESPEARE_FILENAME]
 
 
 def test_tiny_shakespeare_env_file(no_tiny_env: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -105,19 +105,26 @@ def corpus_section() -> None:
             if cur is None or cur.spec != spec:
                 _set_corpus(spec, spec, resources.corpus_text(spec))
         elif source == "Tiny Shakespeare":
-            st.caption("40,000 lines of Shakespeare (1.1 MB), nanoGPT's benchmark. Downloaded once, then kept "
-                       "in a local cache.")
-            if st.button("Download Tiny Shakespeare", icon=":material/download:", key="train_btn_download"):
-                bar = st.progress(0.0, text="Connecting…")
+            st.caption("40,000 lines of Shakespeare (1.1 MB), nanoGPT's benchmark. A copy ships with LM Lens, "
+                       "so it works offline; you can also download a fresh copy from its public home.")
+            cur = state.corpus()
+            if cur is None or cur.spec != "tiny-shakespeare":
+                _set_corpus("tiny-shakespeare", "tiny-shakespeare", resources.corpus_text("tiny-shakespeare"))
+            if st.button("Download a fresh copy", icon=":material/download:", key="train_btn_download"):
+                bar = st.empty()
+                bar.progress(0.0, text="Connecting…")
 
                 def progress(done: int, total: int | None) -> None:
                     frac = min(1.0, done / total) if total else 0.0
                     bar.progress(frac, text=f"Downloading… {done / 1e6:.2f} MB"
                                  + (f" of {total / 1e6:.2f} MB" if total else ""))
 
-                text = corpora.load_corpus("tiny-shakespeare", progress=progress)
-                bar.progress(1.0, text="Done.")
+                try:
+                    text = corpora.load_tiny_shakespeare(progress=progress, fresh=True)
+                finally:
+                    bar.empty()  # never leave "Connecting…" above an error
                 _set_corpus("tiny-shakespeare", "tiny-shakespeare", text)
+                st.success("Downloaded and checked a fresh copy of Tiny Shakespeare.", icon=":material/check_circle:")
         elif source == "Upload a .txt":
             up = st.file_uploader("Text file (UTF-8, up to 50 MB)", type=["txt", "md", "py", "csv"],
                                   key="train_upload")
@@ -141,11 +148,11 @@ def corpus_section() -> None:
         st.info("Choose a corpus above.", icon=":material/lightbulb:")
         return
     stats = resources.corpus_stats(cur.text)
-    m = st.columns(4)
-    m[0].metric("Corpus", cur.name if len(cur.name) < 28 else cur.name[:25] + "…")
-    m[1].metric("Size", f"{stats['bytes'] / 1e6:.2f} MB" if stats["bytes"] >= 1e5 else f"{stats['bytes'] / 1e3:.1f} kB")
-    m[2].metric("Characters", f"{stats['chars']:,}")
-    m[3].metric("Distinct characters", f"{stats['distinct_chars']:,}")
+    st.markdown(f"**Corpus:** `{cur.name}`")  # in full: a metric tile would cut a long file name
+    m = st.columns(3)
+    m[0].metric("Size", f"{stats['bytes'] / 1e6:.2f} MB" if stats["bytes"] >= 1e5 else f"{stats['bytes'] / 1e3:.1f} kB")
+    m[1].metric("Characters", f"{stats['chars']:,}")
+    m[2].metric("Distinct characters", f"{stats['distinct_chars']:,}")
     with st.expander("Preview", expanded=False):
         st.code(cur.text[:PREVIEW_CHARS] + ("…" if len(cur.text) > PREVIEW_CHARS else ""), language=None,
                 wrap_lines=True)  # a stream with no line breaks (synthetic:induction) stays readable
