@@ -32,7 +32,7 @@ __all__ = [
     "candidates_bar", "growing_attention", "prob_entropy_chart",
     "embedding_scatter", "neighbours_bar", "similarity_heatmap", "residual_norms",
     "matrix_heatmap", "vector_bar", "group_bar",
-    "head_scores_over_time", "head_score_lines", "logit_lens_heatmap", "true_next_heatmap",
+    "head_scores_over_time", "head_score_lines", "step_axis", "logit_lens_heatmap", "true_next_heatmap",
     "ablation_grid", "before_after_bar", "attention_difference",
 ]
 
@@ -440,8 +440,14 @@ def candidates_bar(candidate_pieces: Sequence[str], before, after, drawn: int | 
                          marker=dict(color=MUTED), customdata=idx,
                          hovertemplate="%{y}<br>model p %{x:.3f}<extra></extra>"))
     fig.add_trace(go.Bar(y=labels, x=a, orientation="h", name="sampled from (after T, top-k, top-p)",
-                         marker=dict(color=colours), customdata=idx,
+                         marker=dict(color=colours), customdata=idx, showlegend=False,
                          hovertemplate="%{y}<br>sampled p %{x:.3f}<extra></extra>"))
+    # The legend is drawn from swatch-only traces: a per-bar colour list would give the legend
+    # the first bar's colour, orange whenever the top candidate was drawn.
+    swatches = [("sampled from (after T, top-k, top-p)", PRIMARY)] + ([("drawn token", ACCENT)] if drawn is not None else [])
+    for name, colour in swatches:
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, hoverinfo="skip",
+                                 marker=dict(symbol="square", size=11, color=colour)))
     _layout(fig, title, height=max(220, 26 * len(labels) + 90), barmode="group",
             legend=dict(orientation="h", y=-0.15), clickmode="event+select", dragmode=False)
     fig.update_yaxes(type="category", autorange="reversed", automargin=True)
@@ -641,25 +647,42 @@ def _head_rows(heads: Sequence[tuple[int, int]]) -> list[str]:
     return [f"L{l} H{h}" for l, h in heads]
 
 
+def step_axis(steps: Sequence[int], marks: Sequence[int] = ()) -> dict:
+    """A numeric training-step axis that spans the data (half a column either side) and any
+    marks, with whole-number ticks: a mark can never stretch it, one column never reads
+    "249 / 249.5 / 250"."""
+    s = np.unique(np.asarray(list(steps), dtype=np.float64))
+    if not len(s):
+        return dict(type="linear", tickformat=",d")
+    gap = float(np.min(np.diff(s))) if len(s) > 1 else max(1.0, abs(float(s[0])) * 0.1)
+    lo, hi = float(s[0]) - gap / 2, float(s[-1]) + gap / 2
+    for m in marks:
+        lo, hi = min(lo, float(m) - gap / 2), max(hi, float(m) + gap / 2)
+    axis = dict(type="linear", range=[lo, hi], autorange=False, tickformat=",d")
+    if len(s) <= 12:
+        axis.update(tickmode="array", tickvals=[float(v) for v in s], ticktext=[f"{int(v):,}" for v in s])
+    return axis
+
+
 def head_scores_over_time(z, steps: Sequence[int], heads: Sequence[tuple[int, int]], metric: str,
                           zrange: tuple[float, float] | None = (0.0, 1.0), marks: Sequence[int] = ()) -> go.Figure:
     """A head score of every head over training: ``z [L*H, S]``, rows "L<layer> H<head>" (layer by
-    layer, top to bottom), columns the recorded steps, colour the score. ``marks`` are steps
-    outlined by a dashed line (e.g. where an induction head formed)."""
+    layer, top to bottom), columns the recorded steps on a numeric step axis, colour the score.
+    ``marks`` are steps outlined by a dashed line (e.g. where an induction head formed)."""
     z = as_f32(z)
     rows = _head_rows(heads)
     if z.shape != (len(rows), len(steps)):
         raise ValueError(f"z has shape {z.shape}, expected {len(rows)} heads × {len(steps)} steps")
     lo, hi = zrange if zrange is not None else (None, None)
     fig = go.Figure(go.Heatmap(
-        z=z, x=[str(s) for s in steps], y=rows, colorscale=colorscale("score"), zmin=lo, zmax=hi,
+        z=z, x=np.asarray(steps, dtype=np.float64), y=rows, colorscale=colorscale("score"), zmin=lo, zmax=hi,
         colorbar=dict(title=dict(text=metric), thickness=12),
-        hovertemplate="%{y}<br>step %{x}<br>" + metric + " %{z:.3f}<extra></extra>",
+        hovertemplate="%{y}<br>step %{x:,d}<br>" + metric + " %{z:.3f}<extra></extra>",
     ))
     for m in marks:
-        fig.add_vline(x=str(m), line=dict(color=ACCENT, dash="dash", width=1.5))
+        fig.add_vline(x=float(m), line=dict(color=ACCENT, dash="dash", width=1.5))
     _layout(fig, f"{metric.capitalize()} score of every head over training", height=max(240, 16 * len(rows) + 120))
-    fig.update_xaxes(title_text="step", type="category", **_category_ticks(len(steps)))
+    fig.update_xaxes(title_text="step", **step_axis(steps, marks))
     fig.update_yaxes(title_text="layer · head", type="category", autorange="reversed", automargin=True)
     return fig
 
@@ -676,18 +699,15 @@ def head_score_lines(z, steps: Sequence[int], heads: Sequence[tuple[int, int]], 
             x=x, y=z[i], mode="lines+markers", name=f"L{l} H{h}", legendgroup=f"layer {l}",
             line=dict(color=GROUP_COLOURS[l % len(GROUP_COLOURS)], width=3.2 if hl else 1.2),
             marker=dict(size=5 if hl else 3), opacity=1.0 if hl or highlight is None else 0.55,
-            hovertemplate=f"L{l} H{h}<br>step %{{x}}<br>{metric} %{{y:.3f}}<extra></extra>",
+            hovertemplate=f"L{l} H{h}<br>step %{{x:,d}}<br>{metric} %{{y:.3f}}<extra></extra>",
         ))
     for m in marks:
         fig.add_vline(x=float(m), line=dict(color=ACCENT, dash="dash", width=1.5))
     _layout(fig, f"{metric.capitalize()} score per head", height=340,
             legend=dict(font=dict(size=10), tracegroupgap=2))
-    fig.update_xaxes(title_text="step")
+    fig.update_xaxes(title_text="step", **step_axis(steps, marks))
     fig.update_yaxes(title_text=metric)
     return fig
-
-
-# ----------------------------------------------------------------------------- logit lens
 
 
 def logit_lens_heatmap(top_probs, top_pieces: Sequence[Sequence[str]], row_labels: Sequence[str],

@@ -188,12 +188,26 @@ def test_update_ratio_chart_one_line_per_group_log_scale():
 
 def test_candidates_bar_before_after_and_drawn_highlight():
     fig = F.candidates_bar(["e", "a", "e"], [0.5, 0.3, 0.1], [0.6, 0.4, 0.0], drawn=1)
-    before, after = fig.data
+    before, after = fig.data[:2]
     assert list(before.y) == ["#1 e", "#2 a", "#3 e"] and len(set(before.y)) == 3
     assert _is_f32(before.x) and _is_f32(after.x)
     assert after.marker.color[1] == F.ACCENT and after.marker.color[0] != F.ACCENT
     assert list(after.customdata) == [0, 1, 2]
     assert fig.layout.clickmode == "event+select"
+
+
+@pytest.mark.parametrize("drawn", [0, 1, 2, None])
+def test_candidates_legend_matches_the_caption_whatever_rank_was_drawn(drawn):
+    """Caption: grey = model, blue = sampled from, orange = the drawn token."""
+    fig = F.candidates_bar(["e", "a", "x"], [0.5, 0.3, 0.1], [0.6, 0.4, 0.0], drawn=drawn)
+    legend = {}
+    for t in fig.data:
+        if t.showlegend is not False:
+            c = t.marker.color
+            assert isinstance(c, str), f"legend entry {t.name!r} has per-point colours {c}"
+            legend[t.name] = c
+    assert legend == {"model (T = 1)": F.MUTED, "sampled from (after T, top-k, top-p)": F.PRIMARY,
+                      **({"drawn token": F.ACCENT} if drawn is not None else {})}
 
 
 def test_growing_attention_places_rows_at_their_context_window():
@@ -271,11 +285,31 @@ def test_head_scores_over_time_rows_are_heads_columns_steps():
     (hm,) = fig.data
     assert _is_f32(hm.z) and hm.z.shape == (6, 4)
     assert list(hm.y) == ["L0 H0", "L0 H1", "L1 H0", "L1 H1", "L2 H0", "L2 H1"]
-    assert list(hm.x) == ["0", "10", "20", "30"] and (hm.zmin, hm.zmax) == (0.0, 1.0)
+    assert list(hm.x) == [0, 10, 20, 30] and (hm.zmin, hm.zmax) == (0.0, 1.0)
     assert fig.layout.yaxis.autorange == "reversed" and len(fig.layout.shapes) == 1
     assert F.head_scores_over_time(z, [0, 10, 20, 30], _heads(3, 2), "entropy", zrange=None).data[0].zmax is None
     with pytest.raises(ValueError, match="heads"):
         F.head_scores_over_time(z, [0, 10], _heads(3, 2), "induction")
+
+
+@pytest.mark.parametrize("build", [F.head_scores_over_time, F.head_score_lines])
+def test_circuits_step_axis_is_numeric_and_spans_the_data_with_the_mark_inside(build):
+    """A marker at step 2200 once turned the category axis into [-0.5, 2204]: one column."""
+    steps = list(range(0, 4001, 250))
+    z = np.random.default_rng(2).random((4, len(steps)))
+    fig = build(z, steps, _heads(2, 2), "induction", marks=[2200])
+    ax = fig.layout.xaxis
+    assert ax.type == "linear" and ax.autorange is False
+    lo, hi = ax.range
+    assert lo < 0 < 4000 < hi and hi - lo <= 4000 + 250 + 1e-9  # the data, half a column either side
+    assert fig.layout.shapes[0].x0 == 2200 and lo < 2200 < hi
+    # one recorded evaluation (live, early): a real column with a whole-number tick
+    one = build(z[:, :1], [250], _heads(2, 2), "induction")
+    lo, hi = one.layout.xaxis.range
+    assert lo < 250 < hi and list(one.layout.xaxis.tickvals) == [250.0] and list(one.layout.xaxis.ticktext) == ["250"]
+    # a mark outside the recorded steps widens the axis instead of hiding it
+    far = build(z[:, :3], [0, 250, 500], _heads(2, 2), "induction", marks=[2200])
+    assert far.layout.xaxis.range[1] > 2200
 
 
 def test_head_score_lines_one_per_head_coloured_by_layer_and_highlight():
