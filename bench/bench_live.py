@@ -1,0 +1,361 @@
+"""Live and shared, measured as a person feels it: real Chromium tabs, wall-clock time.
+
+    .venv/bin/python bench/bench_live.py [--only watch,buttons,sessions] [--sessions 6] [--rounds 5]
+
+Prints one JSON object per line, each with "metric". Every ratio compares figures measured in
+this one run, on this machine.
+
+* ``watch``: the ``induction`` preset trained three ways: with ``python -m lm_core train`` (no
+  browser), and from the app's *Train an induction model* button with the Train page open in one
+  tab, then in two tabs. The speed is steps per wall-clock second over the whole run (the
+  history's ``elapsed_s`` is wall time, evaluations and waiting included; a per-step tokens/s
+  would leave the waiting out). ``watch_ratio_1_tab`` / ``watch_ratio_2_tabs`` are app ÷ CLI
+  (targets ≥ 0.9 and ≥ 0.8). The CLI run uses the app run's own settings (read back from its
+  ``config.json``), so both train the same thing. Also: the time a second tab takes to show the
+  live run, and the ETA the page showed a third of the way in against the time the run then took.
+* ``buttons``: round trips while a run trains, click → the page shows the new state: ``Pause``
+  (shows "paused"), ``Resume`` ("running"), ``Stop`` ("stopping" at once, then "stopped") —
+  target ≤ 1 s each — and ``Start training`` (click → "running").
+* ``sessions``: N browser sessions (separate cookies: separate Streamlit sessions) on Attention
+  change their text at the same moment, each a different length; then each presses ``Next token``
+  on Generate at the same moment. Round trips p50/p95 (target p95 ≤ 2.5 s with 6 on 2 cores),
+  exceptions shown on any page, whether any session's heatmap showed another session's text, and
+  the server's memory (RSS, MB) after each round (bounded: it must not grow round over round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.test_browser import (  # noqa: E402  (the browser test's helpers: one place for them)
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    free_port,
+    open_page,
+    progress_text,
+    streamlit_server,
+)
+
+# TrainConfig fields the CLI takes as flags (flag = field with "-"; learning_rate is --lr).
+_CLI_TRAIN_FIELDS = ("batch_size", "learning_rate", "max_steps", "warmup_steps", "min_lr", "weight_decay",
+                     "grad_clip", "eval_interval", "eval_iters", "seed", "log_interval", "checkpoint_interval",
+                     "sample_tokens", "snapshots", "schedule")
+
+
+def emit(metric: str, value, unit: str = "", **extra) -> None:
+    print(json.dumps({"metric": metric, "value": value, "unit": unit, **extra}), flush=True)
+
+
+def q(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(p * (len(s) - 1))))]
+
+
+def run_speed(run_dir: Path) -> dict:
+    """Steps per wall-clock second of a finished run, from its history."""
+    import pandas as pd
+
+    h = pd.read_csv(run_dir / "history.csv")
+    steps, elapsed = int(h["step"].iloc[-1]), float(h["elapsed_s"].iloc[-1])
+    return {"steps": steps, "elapsed_s": round(elapsed, 2), "steps_per_s": steps / elapsed}
+
+
+def the_run(runs: Path) -> Path:
+    found = [d for d in runs.iterdir() if (d / "history.csv").exists()]
+    if len(found) != 1:
+        raise RuntimeError(f"expected one run under {runs}, found {[d.name for d in found]}")
+    return found[0]
+
+
+def wait_status(page, word: str, timeout_s: float = 600) -> float:
+    """Seconds until the live view's progress bar says ``word``."""
+    t0 = time.perf_counter()
+    page.wait_for_function(
+        "(w) => [...document.querySelectorAll('[data-testid=\"stProgress\"]')].some(e => e.innerText.includes(w))",
+        arg=word, timeout=timeout_s * 1000)
+    return time.perf_counter() - t0
+
+
+def parse_eta(text: str) -> float | None:
+    m = re.search(r"ETA ((\d+) h )?((\d+) min )?(\d+(\.\d+)?) s", text)
+    if not m:
+        return None
+    return 3600 * int(m.group(2) or 0) + 60 * int(m.group(4) or 0) + float(m.group(5))
+
+
+def server_rss_mb(port: int) -> float | None:
+    """Resident memory of the streamlit process serving ``port`` (and its children), MB."""
+    total, found = 0, False
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "streamlit" in cmd and f"--server.port {port}" in cmd:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+                    found = True
+    return round(total / 1024, 1) if found else None
+
+
+# -- watch cost ------------------------------------------------------------------------------------
+
+
+def app_training(tabs: int, buttons: bool) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    out: dict = {"tabs": tabs}
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = Path(tmp) / "runs"
+        env = {"LM_LENS_RUNS_DIR": str(runs), "LM_LENS_CACHE": str(Path(tmp) / "cache")}
+        with streamlit_server(env, port=free_port()) as url, sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            try:
+                ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+                page = ctx.new_page()
+                page.set_default_timeout(60_000)
+                open_page(page, f"{url}/train", charts=False)
+                t0 = time.perf_counter()
+                page.get_by_role("button", name="Train an induction model").click()
+                wait_status(page, "running", 120)
+                out["start_to_running_s"] = round(time.perf_counter() - t0, 3)
+                t_start = time.time()
+                extra = []
+                for _ in range(tabs - 1):  # the same person's other tabs (same browser: same cookies)
+                    other = ctx.new_page()
+                    t1 = time.perf_counter()
+                    open_page(other, f"{url}/train", charts=False)
+                    wait_status(other, "running", 120)
+                    out.setdefault("second_tab_load_s", round(time.perf_counter() - t1, 3))
+                    extra.append(other)
+                if buttons:
+                    time.sleep(5)
+                    t1 = time.perf_counter()
+                    page.get_by_role("button", name="Pause").click()
+                    wait_status(page, "paused", 60)
+                    out["pause_round_trip_s"] = round(time.perf_counter() - t1, 3)
+                    time.sleep(2)
+                    t1 = time.perf_counter()
+                    page.get_by_role("button", name="Resume").click()
+                    wait_status(page, "running", 60)
+                    out["resume_round_trip_s"] = round(time.perf_counter() - t1, 3)
+                # the ETA the page shows a third of the way in, against the time the run then took
+                eta_at, eta = None, None
+                while eta is None and time.time() - t_start < 600:
+                    time.sleep(1.0)
+                    text = progress_text(page)
+                    m = re.search(r"step ([\d,]+) / ([\d,]+)", text)
+                    if m and int(m.group(1).replace(",", "")) >= int(m.group(2).replace(",", "")) / 3:
+                        eta, eta_at = parse_eta(text), time.time()
+                    if "finished" in text:
+                        break
+                wait_status(page, "finished", 900)
+                if eta is not None:
+                    out["eta_shown_s"] = round(eta, 1)
+                    out["eta_actual_s"] = round(time.time() - eta_at, 1)
+                out["exceptions"] = sum(pg.locator('[data-testid="stException"]').count() for pg in [page, *extra])
+            finally:
+                browser.close()
+        run = the_run(runs)
+        out.update(run_speed(run))
+        out["config"] = json.loads((run / "config.json").read_text())
+    return out
+
+
+def cli_training(app_config: dict) -> dict:
+    """``python -m lm_core train`` with the settings the app run used, no browser."""
+    train = app_config["train"]
+    flags = []
+    for f in _CLI_TRAIN_FIELDS:
+        if train.get(f) is not None:
+            flags += [f"--{'lr' if f == 'learning_rate' else f.replace('_', '-')}", str(train[f])]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "cli"
+        cmd = [sys.executable, "-m", "lm_core", "train", "--preset", "induction", *flags, "--out", str(out), "--quiet"]
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        wall = time.perf_counter() - t0
+        if done.returncode != 0:
+            raise RuntimeError(f"CLI training failed: {done.stderr.strip()[-800:]}")
+        res = run_speed(out)
+        res["process_wall_s"] = round(wall, 2)
+        return res
+
+
+def watch(args) -> None:
+    one = app_training(1, buttons=False)
+    cli = cli_training(one["config"])
+    two = app_training(2, buttons=False)
+    emit("watch_cli_steps_per_s", round(cli["steps_per_s"], 2), "steps/s", **cli)
+    for name, r in (("1_tab", one), ("2_tabs", two)):
+        cfg = r.pop("config")
+        emit(f"watch_app_{name}_steps_per_s", round(r["steps_per_s"], 2), "steps/s", **r,
+             num_threads=cfg["train"].get("num_threads"))
+        emit(f"watch_ratio_{name}", round(r["steps_per_s"] / cli["steps_per_s"], 3), "ratio",
+             target=">= 0.9" if name == "1_tab" else ">= 0.8")
+
+
+def buttons(args) -> None:
+    r = app_training(1, buttons=True)
+    r.pop("config")
+    for k in ("start_to_running_s", "pause_round_trip_s", "resume_round_trip_s"):
+        emit(k, r.get(k), "s", target="<= 1 s" if k != "start_to_running_s" else "")
+    emit("buttons_run", r["steps_per_s"], "steps/s", **{k: v for k, v in r.items() if not k.endswith("_s")})
+    stop_latency()
+
+
+def stop_latency() -> None:
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"LM_LENS_RUNS_DIR": str(Path(tmp) / "runs"), "LM_LENS_CACHE": str(Path(tmp) / "cache")}
+        with streamlit_server(env, port=free_port()) as url, sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.set_default_timeout(60_000)
+                open_page(page, f"{url}/train", charts=False)
+                page.get_by_role("button", name="Train an induction model").click()
+                wait_status(page, "running", 120)
+                time.sleep(5)
+                t0 = time.perf_counter()
+                page.get_by_role("button", name="Stop").click()
+                page.wait_for_function(
+                    "() => [...document.querySelectorAll('[data-testid=\"stProgress\"], [data-testid=\"stAlert\"]')]"
+                    ".some(e => /stopping|stopped/.test(e.innerText))", timeout=60_000)
+                ack = time.perf_counter() - t0
+                wait_status(page, "stopped", 120)
+                emit("stop_ack_s", round(ack, 3), "s", target="<= 1 s", note="click until the page says stopping")
+                emit("stop_to_stopped_s", round(time.perf_counter() - t0, 3), "s",
+                     note="click until the run has ended (final evaluation and checkpoint written)")
+            finally:
+                browser.close()
+
+
+# -- several sessions at once ----------------------------------------------------------------------
+
+_HEATMAP_LABELS = """() => { const p = document.querySelector('.js-plotly-plot');
+    return p && p.data ? p.data[0].y : null; }"""
+
+
+def _text_of(labels) -> str:
+    return "".join(str(l).split("·", 1)[1] for l in labels).replace("␣", " ").replace("↵", "\n")
+
+
+async def sessions(args) -> None:
+    from playwright.async_api import async_playwright
+
+    n, rounds = args.sessions, args.rounds
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"LM_LENS_RUNS_DIR": str(Path(tmp) / "runs"), "LM_LENS_CACHE": str(Path(tmp) / "cache")}
+        port = free_port()
+        with streamlit_server(env, port=port) as url:
+            async with async_playwright() as p:
+                browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+                ctxs = [await browser.new_context(viewport={"width": 1300, "height": 900}) for _ in range(n)]
+                pages = [await c.new_page() for c in ctxs]
+                for pg in pages:
+                    pg.set_default_timeout(120_000)
+
+                async def load(pg):
+                    await pg.goto(url, wait_until="domcontentloaded")
+                    await pg.wait_for_selector(".js-plotly-plot .main-svg")
+
+                await asyncio.gather(*(load(pg) for pg in pages))
+                await asyncio.sleep(2)
+                emit("sessions_server_rss_mb", server_rss_mb(port), "MB", when="all sessions open")
+
+                times: list[float] = []
+                mixed = 0
+
+                async def inspect(i: int, pg, r: int) -> None:
+                    nonlocal mixed
+                    text = f"s{i}r{r} " + "ab" * (3 * i + r + 2)  # a different length per session
+                    box = pg.get_by_role("textbox", name="Text to inspect", exact=True)
+                    await box.fill(text)
+                    t0 = time.perf_counter()
+                    await box.press("Control+Enter")
+                    await pg.wait_for_function(
+                        "(m) => { const p = document.querySelector('.js-plotly-plot'); if (!p || !p.data) return false;"
+                        " return p.data[0].y.map(l => String(l).split('·').slice(1).join('·')).join('')"
+                        ".replaceAll('␣', ' ').startsWith(m); }",
+                        arg=f"s{i}r{r} ")
+                    times.append(time.perf_counter() - t0)
+                    shown = _text_of(await pg.evaluate(_HEATMAP_LABELS))
+                    if not text.startswith(shown.rstrip()) and not shown.startswith(text[: len(shown)]):
+                        mixed += 1
+                    if any(f"s{j}r{r}" in shown for j in range(n) if j != i):
+                        mixed += 1
+
+                for r in range(rounds):
+                    await asyncio.gather(*(inspect(i, pg, r) for i, pg in enumerate(pages)))
+                    emit("sessions_server_rss_mb", server_rss_mb(port), "MB", when=f"after inspect round {r + 1}")
+                errors = sum([await pg.locator('[data-testid="stException"]').count() for pg in pages])
+                emit("sessions_text_to_redraw_s", round(statistics.median(times), 3), "s", sessions=n, rounds=rounds,
+                     p95=round(q(times, 0.95), 3), max=round(max(times), 3), target="p95 <= 2.5 s",
+                     exceptions=errors, other_sessions_data_seen=mixed)
+
+                gen_times: list[float] = []
+
+                async def open_generate(pg):
+                    await pg.goto(f"{url}/generate", wait_until="domcontentloaded")
+                    await pg.wait_for_selector(".js-plotly-plot .main-svg")
+
+                await asyncio.gather(*(open_generate(pg) for pg in pages))
+                await asyncio.sleep(1)
+
+                async def next_token(pg, k: int) -> None:
+                    t0 = time.perf_counter()
+                    await pg.get_by_role("button", name="Next token").click()
+                    await pg.wait_for_function(f"() => document.querySelectorAll('.lm-gen').length >= {k}")
+                    gen_times.append(time.perf_counter() - t0)
+
+                for r in range(rounds):
+                    await asyncio.gather(*(next_token(pg, r + 1) for pg in pages))
+                    await asyncio.sleep(0.3)
+                errors = sum([await pg.locator('[data-testid="stException"]').count() for pg in pages])
+                emit("sessions_next_token_s", round(statistics.median(gen_times), 3), "s", sessions=n, rounds=rounds,
+                     p95=round(q(gen_times, 0.95), 3), max=round(max(gen_times), 3), target="p95 <= 2.5 s",
+                     exceptions=errors)
+                emit("sessions_server_rss_mb", server_rss_mb(port), "MB", when="end")
+                await browser.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="watch,buttons,sessions")
+    ap.add_argument("--sessions", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    if not Path(CHROMIUM).exists():
+        emit("skipped", True, reason=f"Chromium not installed at {CHROMIUM}")
+        return 0
+    parts = args.only.split(",")
+    emit("machine", os.cpu_count(), "cores")
+    if "sessions" in parts:
+        asyncio.run(sessions(args))
+    if "buttons" in parts:
+        buttons(args)
+    if "watch" in parts:
+        watch(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
