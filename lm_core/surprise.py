@@ -18,7 +18,6 @@ token ``/ ln 2 × tokens_per_char``, with ``tokens_per_char = T / len(text)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
