@@ -315,7 +315,7 @@ async def sessions(args) -> None:
 
                 async def open_generate(pg):
                     await pg.goto(f"{url}/generate", wait_until="domcontentloaded")
-                    await pg.wait_for_selector(".js-plotly-plot .main-svg")
+                    await pg.get_by_role("button", name="Next token").wait_for()
 
                 await asyncio.gather(*(open_generate(pg) for pg in pages))
                 await asyncio.sleep(1)

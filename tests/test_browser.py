@@ -24,7 +24,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
-SHOTS = ROOT / "docs" / "screenshots"
+# Screenshots go to the README's folder only when asked (LM_LENS_SCREENSHOTS=1): a test run never
+# changes tracked files. Otherwise they land in a temporary folder (still taken: shooting
+# exercises the full-height layout).
+README_SHOTS = ROOT / "docs" / "screenshots"
+
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    return README_SHOTS if os.environ.get("LM_LENS_SCREENSHOTS") == "1" else tmp_path / "screenshots"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-dev-shm-usage"]
@@ -187,6 +194,7 @@ def commit_text_area(page, label: str, text: str) -> None:
 
 def test_app_in_chromium(tmp_path):
     _need_browser()
+    SHOTS = screenshot_dir(tmp_path)
     SHOTS.mkdir(parents=True, exist_ok=True)
     env = {"LM_LENS_RUNS_DIR": str(tmp_path / "runs"), "LM_LENS_CACHE": str(tmp_path / "cache"),
            "LM_LENS_SERVER_LOG": str(tmp_path / "server.log")}
