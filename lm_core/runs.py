@@ -5,13 +5,21 @@ Layout (DESIGN §3)::
     config.json          model + training config, tokenizer kind, corpus spec, versions, status
     model.safetensors    weights at the last checkpoint (what load_run shows)
     tokenizer.json       the tokenizer (lm_core.tokenizers format)
-    history.csv          one row per logged step, rewritten as training goes
+    history.csv          one row per logged step (a first one at step 0 with the untrained val
+                         loss), rewritten atomically after each row as training goes
     samples.json         a short generated sample at each evaluation
     head_scores.json     probe head scores (previous-token, duplicate-token, induction, entropy) at each evaluation
     resume.safetensors   weights + optimizer tensors + trainer state (JSON in the metadata),
                          one file, so a checkpoint is consistent by construction
     best.safetensors     weights at the best validation loss so far
     snapshots/step-000123.safetensors   weights at log-spaced steps (about 20), for time travel
+    corpus.txt           the training text when it has no corpus spec (an upload or a paste)
+    status.json          the live status, small and rewritten at every change of status and every
+                         history row: {"status", "step", "max_steps", "eta_s", "reason", "error",
+                         "pid", "host", "updated", "updated_unix"}; read it with read_status()
+    control.json         requests to the training process, written by another one:
+                         {"action": "pause" | "resume" | "stop", "time": unix seconds}; write it
+                         with lm_core.train.control.request() (polled 4x a second)
 
 Every file is written atomically: a temp file in the same folder, fsync, ``os.replace``. A
 crash at any moment leaves the previous version of each file. Nothing is ever unpickled:
@@ -57,6 +65,8 @@ HEAD_SCORES_FILE = "head_scores.json"
 HEAD_SCORE_COLUMNS = ["step", "kind", "layer", "head", "value"]
 RESUME_FILE = "resume.safetensors"
 BEST_FILE = "best.safetensors"
+STATUS_FILE = "status.json"
+CONTROL_FILE = "control.json"
 SNAPSHOT_DIR = "snapshots"
 MAX_SNAPSHOTS = 20
 
@@ -336,12 +346,15 @@ class RunConfig:
                    status=status)
 
 
+LIVE_STATES = ("idle", "running", "paused", "stopping")  # a process should be behind them
+
+
 def effective_state(status: dict[str, Any]) -> str:
     """The run's state, with ``running``/``idle`` read as ``interrupted`` when the process that
     wrote it (same host, recorded pid) no longer exists: a killed run never updates its config."""
     state = str(status.get("state", "unknown"))
     pid, host = status.get("pid"), status.get("host")
-    if state in ("running", "idle", "paused") and isinstance(pid, int) and host == socket.gethostname():
+    if state in LIVE_STATES and isinstance(pid, int) and host == socket.gethostname():
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -351,6 +364,26 @@ def effective_state(status: dict[str, Any]) -> str:
     return state
 
 
+def read_status(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The live status of the run in folder ``path`` (its status.json), or None before training
+    wrote one.
+
+    Keys: ``status`` (idle, running, paused, stopping, stopped, finished, diverged, failed, or
+    ``interrupted`` when a live status names a process on this host that no longer exists: the
+    run was killed), ``step``, ``max_steps``, ``eta_s`` (seconds, or None), ``reason``,
+    ``error``, ``pid``, ``host``, ``updated`` (ISO time) and ``updated_unix``. A torn or foreign
+    file raises ``ValueError`` naming it (it is written atomically, so a torn one is a damage).
+    """
+    p = Path(path) / STATUS_FILE
+    if not p.exists():
+        return None
+    data = read_json(p, "status file")
+    if not isinstance(data, dict) or not isinstance(data.get("status"), str):
+        raise _unreadable(p, "status file", 'expected a JSON object with a "status" string')
+    return {**data, "status": effective_state({"state": data["status"], "pid": data.get("pid"),
+                                                "host": data.get("host")})}
+
+
 def now_iso() -> str:
     """Local time as ISO 8601 with the UTC offset, for config.json."""
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -358,7 +391,7 @@ def now_iso() -> str:
 
 # ----------------------------------------------------------------------------- loading
 
-def _read_samples(path: Path) -> list[dict[str, Any]]:
+def read_samples(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     data = read_json(path, "samples file")
@@ -391,7 +424,7 @@ def head_scores_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=HEAD_SCORE_COLUMNS)
 
 
-def _read_head_scores(path: Path) -> list[dict[str, Any]]:
+def read_head_scores(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     data = read_json(path, "head-scores file")
@@ -475,12 +508,12 @@ def load_run(path: str | os.PathLike[str]) -> Run:
                          f"{path / CONFIG_FILE} expects {config.model.vocab_size}; the files are from different runs")
     model, meta = _model_from_file(config.model, path / MODEL_FILE)
     history = read_history(path / HISTORY_FILE)
-    samples = _read_samples(path / SAMPLES_FILE)
+    samples = read_samples(path / SAMPLES_FILE)
     try:  # the weights say which step they are; config.json may lag them after a crash
         step = int(meta["step"])
     except (KeyError, ValueError):
         step = int(config.status.get("checkpoint_step", 0))
-    head_scores = head_scores_frame(_read_head_scores(path / HEAD_SCORES_FILE))
+    head_scores = head_scores_frame(read_head_scores(path / HEAD_SCORES_FILE))
     return Run(path=path, config=config, model=model, tokenizer=tokenizer, history=history,
                samples=samples, snapshots=list_snapshot_steps(path), step=step, head_scores=head_scores)
 

@@ -45,7 +45,7 @@ def test_run_folder_holds_everything_and_loads_back(finished_run):
     d, t = finished_run
     names = sorted(p.name for p in d.iterdir())
     assert names == ["best.safetensors", "config.json", "head_scores.json", "history.csv", "model.safetensors",
-                     "resume.safetensors", "samples.json", "snapshots", "tokenizer.json"]
+                     "resume.safetensors", "samples.json", "snapshots", "status.json", "tokenizer.json"]
     assert not [p for p in d.rglob("*") if p.name.endswith(".tmp")]       # no temp files left
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["format"] == "lm-lens-run" and cfg["corpus"] == "builtin:python-docs"
@@ -60,10 +60,10 @@ def test_run_folder_holds_everything_and_loads_back(finished_run):
         assert torch.equal(run.model.state_dict()[k], v), k
     assert not run.model.training
     pd_hist = t.history
-    assert run.history["step"].tolist() == pd_hist["step"].tolist() == list(range(5, 41, 5))
+    assert run.history["step"].tolist() == pd_hist["step"].tolist() == list(range(0, 41, 5))
     for c in pd_hist.columns:
         assert run.history[c].tolist() == pytest.approx(pd_hist[c].tolist(), nan_ok=True), c
-    assert run.samples == t.samples and [s["step"] for s in run.samples] == [20, 40]
+    assert run.samples == t.samples and [s["step"] for s in run.samples] == [0, 20, 40]
     assert run.snapshots == snapshot_steps(40)
     best = run.load_best()
     assert best is not None and best[1] == t.best_step and best[2] == pytest.approx(t.best_val_loss)
@@ -99,7 +99,7 @@ def test_history_is_on_disk_as_training_goes(tmp_path):
     t = make_trainer(d, on_step=lambda row: on_disk.append((row["step"], read_history(d / "history.csv")["step"].tolist())))
     t.run()
     for step, steps in on_disk:
-        assert steps[-1] == step and steps == list(range(5, step + 1, 5))
+        assert steps[-1] == step and steps == list(range(0, step + 1, 5))
 
 
 def test_exact_resume_matches_an_uninterrupted_run(tmp_path):
@@ -113,16 +113,16 @@ def test_exact_resume_matches_an_uninterrupted_run(tmp_path):
     with pytest.raises(ValueError, match="training text differs"):
         Trainer.from_run(tmp_path / "cut")           # the whole corpus is not the text it saw
     resumed = Trainer.from_run(tmp_path / "cut", TEXT)
-    assert resumed.step_count == 20 and resumed.history["step"].tolist() == [5, 10, 15, 20]
+    assert resumed.step_count == 20 and resumed.history["step"].tolist() == [0, 5, 10, 15, 20]
     assert R.list_snapshot_steps(tmp_path / "cut") == [s for s in snapshot_steps(40) if s <= 20]
     assert resumed.run() == "finished"
     a, b = full.history, resumed.history
     assert b["step"].tolist() == a["step"].tolist()
-    assert b["train_loss"].tolist() == a["train_loss"].tolist()
+    assert b["train_loss"].tolist() == pytest.approx(a["train_loss"].tolist(), nan_ok=True, abs=0)
     assert b["val_loss"].tolist() == pytest.approx(a["val_loss"].tolist(), nan_ok=True, abs=0)
     for k, v in full.model.state_dict_for_save().items():
         assert torch.equal(resumed.model.state_dict_for_save()[k], v), k
-    assert load_run(tmp_path / "cut").history["step"].tolist() == list(range(5, 41, 5))
+    assert load_run(tmp_path / "cut").history["step"].tolist() == list(range(0, 41, 5))
     assert resumed.samples == full.samples
 
 

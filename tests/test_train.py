@@ -112,8 +112,12 @@ def test_layer_groups_cover_every_parameter_once():
 def test_training_logs_every_metric_and_lowers_the_loss():
     t = tiny_trainer(max_steps=60, learning_rate=3e-3)
     assert t.run() == "finished" and t.reason == "max_steps"
-    h = t.history
-    assert h["step"].tolist() == [10, 20, 30, 40, 50, 60]
+    h0 = t.history
+    assert h0["step"].tolist() == [0, 10, 20, 30, 40, 50, 60]   # step 0: the untrained model, evaluated
+    first = h0.iloc[0]
+    assert first["val_loss"] == pytest.approx(math.log(TOK.vocab_size), abs=0.3) and first["tokens_seen"] == 0
+    assert math.isnan(first["train_loss"]) and math.isnan(first["lr"])
+    h = h0.iloc[1:].reset_index(drop=True)
     evals = h["val_loss"].notna()
     assert h.loc[evals, "step"].tolist() == [20, 40, 60]
     assert h["val_loss"].dropna().iloc[-1] < h["val_loss"].dropna().iloc[0] < math.log(TOK.vocab_size) + 0.2
@@ -122,7 +126,7 @@ def test_training_logs_every_metric_and_lowers_the_loss():
     assert h.loc[evals, "val_bpc"].tolist() == pytest.approx((h.loc[evals, "val_loss"] / math.log(2)).tolist())
     for col in ("lr", "grad_norm", "tokens_per_s", "elapsed_s", "tokens_seen"):
         assert (h[col] > 0).all(), col
-    assert h["elapsed_s"].is_monotonic_increasing and h["eta_s"].iloc[-1] == 0
+    assert h0["elapsed_s"].is_monotonic_increasing and h["eta_s"].iloc[-1] == 0
     assert h["tokens_seen"].iloc[-1] == 60 * 4 * 16
     for g in layer_groups(t.model):
         assert (h[f"grad_norm/{g}"] > 0).all() and (h[f"update_ratio/{g}"] > 0).all(), g
@@ -130,7 +134,7 @@ def test_training_logs_every_metric_and_lowers_the_loss():
     groups = [c for c in h.columns if c.startswith("grad_norm/")]
     total = (h[groups] ** 2).sum(axis=1) ** 0.5
     assert total.tolist() == pytest.approx(h["grad_norm"].tolist(), rel=1e-4)
-    assert [s["step"] for s in t.samples] == [20, 40, 60] and all(len(s["text"]) == 8 for s in t.samples)
+    assert [s["step"] for s in t.samples] == [0, 20, 40, 60] and all(len(s["text"]) == 8 for s in t.samples)
 
 
 def test_update_ratio_is_the_relative_size_of_the_weight_change():
@@ -151,10 +155,10 @@ def test_same_seed_gives_identical_runs_with_dropout():
     a, b = tiny_trainer(model_cfg=cfg), tiny_trainer(model_cfg=cfg)
     a.run()
     b.run()
-    assert a.history["train_loss"].tolist() == b.history["train_loss"].tolist()
+    assert a.history["train_loss"].iloc[1:].tolist() == b.history["train_loss"].iloc[1:].tolist()
     c = tiny_trainer(model_cfg=cfg, seed=7)
     c.run()
-    assert c.history["train_loss"].tolist() != a.history["train_loss"].tolist()
+    assert c.history["train_loss"].iloc[1:].tolist() != a.history["train_loss"].iloc[1:].tolist()
 
 
 def test_callbacks_report_steps_evaluations_and_the_end():
@@ -164,8 +168,8 @@ def test_callbacks_report_steps_evaluations_and_the_end():
     t.on_eval.append(lambda r: seen["eval"].append((r["step"], r["val_loss"], r["sample"])))
     t.on_end.append(lambda s: seen["end"].append(s))
     t.run()
-    assert seen["step"] == [10, 20, 30, 40]
-    assert [e[0] for e in seen["eval"]] == [20, 40] and all(isinstance(e[2], str) for e in seen["eval"])
+    assert seen["step"] == [0, 10, 20, 30, 40]
+    assert [e[0] for e in seen["eval"]] == [0, 20, 40] and all(isinstance(e[2], str) for e in seen["eval"])
     assert seen["end"] == [{"status": "finished", "reason": "max_steps", "step": 40, "error": None}]
 
 
@@ -191,7 +195,7 @@ def test_nan_loss_stops_the_run_as_diverged_and_keeps_the_last_checkpoint(tmp_pa
     assert t.run() == "diverged"
     t.model.hook_dict["hook_embed"].clear()
     assert t.step_count == 26 and "step 27" in t.error and "last finite loss" in t.error
-    assert t.history["step"].tolist() == [10, 20]
+    assert t.history["step"].tolist() == [0, 10, 20]
     run = load_run(tmp_path / "run")
     assert run.status == "diverged" and run.config.status["diverged_at"] == 27
     assert run.config.status["last_finite_loss"] == pytest.approx(t.last_finite_loss)
@@ -213,7 +217,7 @@ def test_step_by_hand_raises_on_divergence():
 
 def test_early_stopping_after_patience_evaluations_without_improvement(monkeypatch):
     t = tiny_trainer(max_steps=200, eval_interval=10, early_stopping_patience=2)
-    vals = iter([3.0, 2.9, 2.95, 2.91, 1.0, 1.0, 1.0])
+    vals = iter([3.5, 3.0, 2.9, 2.95, 2.91, 1.0, 1.0, 1.0])   # the first: step 0
     monkeypatch.setattr(t, "evaluate", lambda: {"val_loss": next(vals), "val_bpc": 1.0})
     assert t.run() == "finished" and t.reason == "early_stopping"
     assert t.step_count == 40 and t.best_step == 20
@@ -230,13 +234,14 @@ def test_max_seconds_ends_the_run_with_a_final_evaluation():
 
 def test_time_schedule_decays_over_the_budget():
     t = tiny_trainer(max_steps=1_000_000, max_seconds=10.0, schedule="time", warmup_steps=0)
-    t._schedule_elapsed = 5.0
+    t.stepper.schedule_elapsed = 5.0
     assert t.lr_at(10) == pytest.approx(t.config.min_lr + 0.5 * (t.config.learning_rate - t.config.min_lr))
-    t._schedule_elapsed = 10.0
+    t.stepper.schedule_elapsed = 10.0
     assert t.lr_at(11) == pytest.approx(t.config.min_lr)
+    t.step()                                              # the first step also evaluates step 0
     t.elapsed_s = 7.5
-    assert t.step()["lr"] == pytest.approx(t.lr_at(0))     # a step reads the elapsed time first
-    assert t._schedule_elapsed == 7.5
+    assert t.step()["lr"] == pytest.approx(t.lr_at(1))     # a step reads the elapsed time first
+    assert t.stepper.schedule_elapsed == 7.5
 
 
 def test_out_of_memory_fails_with_a_clear_message(monkeypatch):
@@ -384,9 +389,9 @@ def test_head_scores_recorded_at_each_evaluation_and_reloaded(tmp_path):
     tr.run()
     hs = tr.head_scores
     assert list(hs.columns) == HEAD_SCORE_COLUMNS
-    assert sorted(hs["step"].unique()) == [3, 6]
+    assert sorted(hs["step"].unique()) == [0, 3, 6]
     assert set(hs["kind"]) == {"previous_token", "duplicate_token", "induction", "entropy"}
-    assert len(hs) == 2 * 4 * 2 * 2  # steps x kinds x layers x heads
+    assert len(hs) == 3 * 4 * 2 * 2  # steps x kinds x layers x heads
     ind = hs[hs.kind == "induction"]["value"]
     assert ((ind >= 0) & (ind <= 1)).all()
     snap = tr.snapshot(weights=False)
