@@ -53,8 +53,6 @@ _TRAIN_FLAGS = {"batch_size": "batch_size", "lr": "learning_rate", "max_steps": 
                 "sample_tokens": "sample_tokens", "device": "device", "num_threads": "num_threads",
                 "schedule": "schedule", "snapshots": "snapshots", "save_best": "save_best",
                 "precision": "precision"}
-_RESUME_OVERRIDES = ("max_steps", "max_seconds", "device", "num_threads", "log_interval", "checkpoint_interval",
-                     "keep_resume_state")
 
 
 def _bool(s: str) -> bool:
@@ -178,7 +176,7 @@ class _Progress:
     def on_step(self, row: dict[str, Any]) -> None:
         if self.bar is not None:
             self.bar.update(row["step"] - self.last)
-            post = {"loss": f"{row['train_loss']:.3f}"}
+            post = {"loss": f"{row['train_loss']:.3f}"} if math.isfinite(row["train_loss"]) else {}
             if not math.isnan(row.get("val_loss", math.nan)):
                 self.val = f"{row['val_loss']:.3f}"
             if self.val:
@@ -190,9 +188,12 @@ class _Progress:
     def on_eval(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        line = (f"step {row['step']}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f} "
-                f"({row['val_bpc']:.3f} bits/char), {row['tokens_per_s']:,.0f} tok/s, "
-                f"elapsed {_fmt_time(row['elapsed_s'])}, ETA {_fmt_time(row['eta_s'])}")
+        if math.isnan(row["train_loss"]):  # step 0: the untrained model
+            line = f"step {row['step']}: val loss {row['val_loss']:.4f} ({row['val_bpc']:.3f} bits/char)"
+        else:
+            line = (f"step {row['step']}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f} "
+                    f"({row['val_bpc']:.3f} bits/char), {row['tokens_per_s']:,.0f} tok/s, "
+                    f"elapsed {_fmt_time(row['elapsed_s'])}, ETA {_fmt_time(row['eta_s'])}")
         if self.bar is not None:
             self.bar.write(line, file=sys.stderr)
         else:
@@ -204,17 +205,6 @@ class _Progress:
 
 
 # ----------------------------------------------------------------------------- commands
-
-def _clear_run(out: Path) -> None:
-    """Remove the files a run writes (and only those) from ``out``."""
-    from . import runs as R
-
-    for name in (R.CONFIG_FILE, R.MODEL_FILE, R.TOKENIZER_FILE, R.HISTORY_FILE, R.SAMPLES_FILE,
-                 R.RESUME_FILE, R.BEST_FILE):
-        (out / name).unlink(missing_ok=True)
-    for step in R.list_snapshot_steps(out):
-        R.snapshot_path(out, step).unlink(missing_ok=True)
-
 
 @contextlib.contextmanager
 def _graceful_stop(trainer, distributed: bool):
@@ -250,15 +240,7 @@ def _given(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
-    from . import runs as R
-    from .config import ModelConfig, TrainConfig
-    from .corpora import load_corpus
-    from .model import GPT
-    from .presets import get_preset
-    from .tokenizers import BPETokenizer, CharTokenizer
-    from .train import Trainer
+    from .recipes import build_trainer
 
     out = Path(args.out)
     rank, world, dist_device = _setup_distributed(args.device)
@@ -269,46 +251,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_over["keep_resume_state"] = False
     progress = _Progress(0, 0, False)
     try:
-        if args.resume:
-            model_flags = _given(args, _MODEL_FLAGS)
-            fixed = sorted(set(model_flags) | (set(train_over) - set(_RESUME_OVERRIDES))
-                           | ({"corpus"} if args.corpus else set()) | ({"preset"} if args.preset else set()))
-            if fixed:
-                raise ValueError(f"--resume continues the run as it was configured; these cannot change: "
-                                 f"{', '.join(fixed)} (only {', '.join(_RESUME_OVERRIDES)} may)")
-            trainer = Trainer.from_run(out, overrides={k: v for k, v in train_over.items()
-                                                       if k in _RESUME_OVERRIDES})
-        else:
-            preset = get_preset(args.preset) if args.preset else None
-            corpus = args.corpus or (preset.corpus if preset else "builtin:python-docs")
-            kind = args.tokenizer or (preset.tokenizer if preset else "char")
-            if rank == 0 and args.overwrite and (out / R.CONFIG_FILE).exists():
-                _clear_run(out)
-            _barrier()
-            if (out / R.CONFIG_FILE).exists():
-                raise ValueError(f"{out} already holds a run; add --resume to continue it or --overwrite "
-                                 f"to replace it, or choose another --out")
-            text = load_corpus(corpus)
-            if kind == "bpe":
-                vs = args.vocab_size or (preset.vocab_size if preset and preset.vocab_size else 512)
-                tok = BPETokenizer.train(text, vocab_size=vs)
-            else:
-                if args.vocab_size is not None:
-                    raise ValueError("--vocab-size applies to --tokenizer bpe only; a char tokenizer's "
-                                     "vocabulary is the text's distinct characters")
-                tok = CharTokenizer.train(text)
-            mcfg = ModelConfig(**{**(preset.model if preset else {}), **_given(args, _MODEL_FLAGS),
-                                  "vocab_size": tok.vocab_size})
-            tcfg = TrainConfig(**{**(preset.train if preset else {}), **train_over})
-            torch.manual_seed(tcfg.seed)  # the same initial weights on every rank
-            model = GPT(mcfg)
-            trainer = Trainer(model, tok, text, tcfg, out, corpus=corpus)
+        trainer = build_trainer(args.corpus, args.tokenizer, preset=args.preset,
+                                model_overrides=_given(args, _MODEL_FLAGS), train_overrides=train_over,
+                                run_dir=out, resume=args.resume, overwrite=args.overwrite,
+                                vocab_size=args.vocab_size)
         show = rank == 0 and not args.quiet
         progress = _Progress(trainer.config.max_steps, trainer.step_count, show)
         trainer.on_step.append(progress.on_step)
         trainer.on_eval.append(progress.on_eval)
-        with _graceful_stop(trainer, distributed=world > 1):
-            status = trainer.run()
+        if trainer.status == "finished":  # resumed at or past max_steps: nothing left to train
+            status = trainer.status
+        else:
+            with _graceful_stop(trainer, distributed=world > 1):
+                status = trainer.run()
         _barrier()  # rank 0 may still be writing its last checkpoint; part only when all are done
     finally:
         progress.close()

@@ -64,10 +64,10 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(corpus, tmp_path):
     assert resumed.returncode == 0, err
     a, b = load_run(tmp_path / "full"), load_run(tmp_path / "killed")
     assert b.status == "finished" and b.step == 400
-    assert b.history["step"].tolist() == list(range(10, 401, 10)) == a.history["step"].tolist()
+    assert b.history["step"].tolist() == [0, *range(10, 401, 10)] == a.history["step"].tolist()
     assert abs(b.history["train_loss"].iloc[-1] - a.history["train_loss"].iloc[-1]) < 1e-4
     assert abs(b.history["val_loss"].iloc[-1] - a.history["val_loss"].iloc[-1]) < 1e-4
-    assert b.history["train_loss"].tolist() == pytest.approx(a.history["train_loss"].tolist(), abs=1e-4)
+    assert b.history["train_loss"].tolist() == pytest.approx(a.history["train_loss"].tolist(), abs=1e-4, nan_ok=True)
     assert b.snapshots == a.snapshots and b.samples == a.samples
 
 
@@ -120,7 +120,7 @@ def test_train_resume_refusals_and_sample(corpus, tmp_path, capsys):
     assert main(args) == 1
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train", "--out", out, "--resume", "--n-layer", "3"]) == 1
-    assert "n_layer" in capsys.readouterr().err
+    assert "n_layer: 2 → 3" in capsys.readouterr().err
     assert main(["train", "--out", out, "--resume", "--max-steps", "30", "--quiet"]) == 0
     assert load_run(out).step == 30
     assert main(args + ["--overwrite", "--no-optimizer-state"]) == 0
@@ -135,12 +135,84 @@ def test_train_resume_refusals_and_sample(corpus, tmp_path, capsys):
     assert capsys.readouterr().out == text                         # seeded: the same text again
 
 
+def test_resume_accepts_the_same_command_and_names_each_real_change(corpus, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    first = ["train", "--corpus", corpus, *SMALL, "--max-steps", "20", "--out", out]
+    assert main(first) == 0
+    capsys.readouterr()
+    # the same flags again, with --resume (and a longer run: max_steps may change)
+    assert main([*first[:-4], "--max-steps", "30", "--out", out, "--resume"]) == 0
+    assert "finished (max_steps) at step 30" in capsys.readouterr().out
+    assert main([*first, "--resume"]) == 0                       # identical: nothing to do, nothing refused
+    capsys.readouterr()
+    changed = [a.replace("0.1", "0.2") if a == "0.1" else a for a in first]   # --dropout 0.1 -> 0.2
+    assert main([*changed, "--batch-size", "4", "--tokenizer", "bpe", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dropout: 0.1 → 0.2" in err and "batch_size: 8 → 4" in err
+    assert "tokenizer: 'char' → 'bpe'" in err and "max_steps" not in err.split("only")[0]
+    assert main(["train", "--out", out, "--resume", "--corpus", "builtin:python-docs"]) == 1
+    assert f"corpus: {corpus!r} → 'builtin:python-docs'" in capsys.readouterr().err
+    assert load_run(out).step == 30
+
+
+def _wait_for(cond, proc, timeout=120.0):
+    t0 = time.monotonic()
+    while not cond():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < timeout, "timed out"
+        time.sleep(0.02)
+
+
+def test_control_file_pauses_resumes_and_stops_a_cli_run(corpus, tmp_path):
+    from lm_core.runs import read_status
+    from lm_core.train.control import request
+
+    out = tmp_path / "ctl"
+    proc = _cli("train", "--corpus", corpus, *SMALL, "--max-steps", "100000", "--batch-size", "64",
+                "--out", str(out))
+    _wait_for(lambda: (read_status(out) or {}).get("step", 0) >= 10, proc)
+    st = read_status(out)
+    assert st["status"] == "running" and st["max_steps"] == 100000 and st["pid"] == proc.pid
+    assert isinstance(st["updated_unix"], float) and st["eta_s"] is None or st["eta_s"] >= 0
+    request(out, "pause")
+    _wait_for(lambda: read_status(out)["status"] == "paused", proc)
+    paused_at = read_status(out)["step"]
+    time.sleep(0.6)
+    assert load_run(out).history["step"].iloc[-1] <= paused_at + 10    # at most the step in flight
+    request(out, "resume")
+    _wait_for(lambda: read_status(out)["status"] == "running", proc)
+    request(out, "stop")
+    _wait_for(lambda: read_status(out)["status"] in ("stopping", "stopped"), proc, timeout=5)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    st = read_status(out)
+    assert st["status"] == "stopped" and st["reason"] == "stopped"
+    run = load_run(out)
+    assert run.status == "stopped" and run.step == st["step"] == run.history["step"].iloc[-1]
+    # a later session of the same run ignores the stale request in control.json
+    again = _cli("train", "--out", str(out), "--resume", "--max-steps", str(st["step"] + 20), "--quiet")
+    assert again.wait(timeout=120) == 0, again.communicate()
+    assert read_status(out)["status"] == "finished" and load_run(out).step == st["step"] + 20
+
+
+def test_a_killed_run_reads_as_interrupted(corpus, tmp_path):
+    from lm_core.runs import read_status
+
+    out = tmp_path / "k"
+    proc = _cli("train", "--corpus", corpus, *SMALL, "--max-steps", "100000", "--out", str(out))
+    _wait_for(lambda: (read_status(out) or {}).get("step", 0) >= 10, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert read_status(out)["status"] == "interrupted"
+
+
 def test_progress_lines_when_not_a_terminal(corpus, tmp_path, capsys):
     assert main(["train", "--corpus", corpus, *[a for a in SMALL if a != "--quiet"], "--max-steps", "100",
                  "--eval-interval", "50", "--out", str(tmp_path / "r")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [ln.split(":")[0] for ln in lines[:2]] == ["step 50", "step 100"]
-    assert "val loss" in lines[0] and "tok/s" in lines[0] and "ETA" in lines[0]
+    assert [ln.split(":")[0] for ln in lines[:3]] == ["step 0", "step 50", "step 100"]
+    assert "val loss" in lines[0] and "train loss" not in lines[0]          # the untrained model
+    assert "val loss" in lines[1] and "tok/s" in lines[1] and "ETA" in lines[1]
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

@@ -34,14 +34,14 @@ def test_two_cpu_processes_train_one_run_folder(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     # only rank 0 prints and writes
     lines = proc.stdout.splitlines()
-    assert [ln.split(":")[0] for ln in lines if ln.startswith("step ")] == ["step 10", "step 20", "step 30"]
+    assert [ln.split(":")[0] for ln in lines if ln.startswith("step ")] == ["step 0", "step 10", "step 20", "step 30"]
     assert sum(ln.startswith("finished") for ln in lines) == 1
     run = load_run(out)
     assert run.status == "finished" and run.step == 30
     assert run.config.status["world_size"] == 2
     h = run.history
-    assert h["step"].tolist() == [5, 10, 15, 20, 25, 30]
-    assert all(math.isfinite(v) for v in h["train_loss"]) and all(math.isfinite(v) for v in h["val_loss"].dropna())
+    assert h["step"].tolist() == [0, 5, 10, 15, 20, 25, 30]
+    assert all(math.isfinite(v) for v in h["train_loss"].iloc[1:]) and all(math.isfinite(v) for v in h["val_loss"].dropna())
     assert h["tokens_seen"].iloc[-1] == 30 * 4 * 16 * 2              # both ranks' batches count
     assert list_snapshot_steps(out) == snapshot_steps(30)
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import re
-import shutil
 import time
 
 import numpy as np
 import pandas as pd
 import streamlit as st
-import torch
 
 import lm_core
 from lm_core import corpora
 from lm_core.presets import PRESETS
-from lm_core.tokenizers import MIN_BPE_VOCAB_SIZE, BPETokenizer, CharTokenizer
-from lm_core.train import Trainer
+from lm_core.tokenizers import MIN_BPE_VOCAB_SIZE
+from lm_core.recipes import build_trainer
 
 from app import circuits, compute, figures, resources, state, ui
 from app.active import active_model
@@ -289,26 +287,13 @@ def _start(mc: lm_core.ModelConfig, train_over: dict) -> bool:
     run_dir = runs_root() / run_id
 
     def make() -> TrainingJob:
-        text = cur.text
-        if ss[state.TRAIN_TOKENIZER] == "char":
-            tok = CharTokenizer.train(text)
-        else:
-            tok = BPETokenizer.train(text, vocab_size=int(ss[state.TRAIN_VOCAB]))
-        cfg = mc.replace(vocab_size=tok.vocab_size)
-        tc = lm_core.TrainConfig(**train_over)
-        spec = cur.spec
-        if not spec:  # an upload or pasted text: keep it with the run, so the run can be resumed
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "corpus.txt").write_text(text, encoding="utf-8")
-            spec = str(run_dir / "corpus.txt")
-        torch.manual_seed(tc.seed)  # the model's initial weights follow the run's seed
-        try:
-            trainer = Trainer(lm_core.GPT(cfg), tok, text, tc, run_dir=run_dir, corpus=spec)
-        except ValueError:
-            if run_dir.is_dir() and not (run_dir / "config.json").exists():
-                shutil.rmtree(run_dir, ignore_errors=True)  # only our corpus copy was written
-            raise
-        return TrainingJob(run_id=run_id, run_dir=run_dir, trainer=trainer, tokenizer=tok, corpus_name=cur.name)
+        trainer = build_trainer(cur.spec or None, ss[state.TRAIN_TOKENIZER],
+                                model_overrides={k: v for k, v in mc.to_dict().items() if k != "vocab_size"},
+                                train_overrides=train_over, run_dir=run_dir, intervals="live",
+                                vocab_size=int(ss[state.TRAIN_VOCAB]) if ss[state.TRAIN_TOKENIZER] == "bpe" else None,
+                                corpus_text=cur.text)  # without a spec (an upload, a paste): kept as corpus.txt
+        return TrainingJob(run_id=run_id, run_dir=run_dir, trainer=trainer, tokenizer=trainer.tokenizer,
+                           corpus_name=cur.name)
 
     try:
         with st.spinner("Preparing the run (tokenizer, model, first checkpoint)…"):
