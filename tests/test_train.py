@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import socket
 import threading
 import time
 
@@ -401,3 +403,104 @@ def test_head_scores_recorded_at_each_evaluation_and_reloaded(tmp_path):
     (tmp_path / "run" / "head_scores.json").write_text('{"not": "a list"}')
     with pytest.raises(ValueError, match="head_scores.json"):
         load_run(tmp_path / "run")
+
+
+# ----------------------------------------------------------------------------- live control
+
+def test_status_transitions_live_in_one_table_and_illegal_moves_are_refused():
+    from lm_core.train import ACTIVE, ENDED, TRANSITIONS, IllegalTransition, Status
+    from lm_core.train.control import Control
+
+    assert set(TRANSITIONS) == set(Status) and Status.RUNNING == "running"
+    assert all(not TRANSITIONS[s] for s in ENDED) and Status.STOPPING in ACTIVE
+    seen = []
+    c = Control(on_change=seen.append)
+    with pytest.raises(IllegalTransition, match="from idle to paused"):
+        c.to(Status.PAUSED)
+    c.to(Status.RUNNING)
+    assert c.pause() and c.status == "paused"
+    c.stop()                                          # acknowledged at once
+    assert c.status == "stopping" and c.stop_requested
+    with pytest.raises(IllegalTransition, match="stopping to running"):
+        c.to(Status.RUNNING)
+    c.to(Status.STOPPED, reason="stopped")
+    c.to(Status.RUNNING)                              # a stopped run may continue
+    c.to(Status.FINISHED)
+    with pytest.raises(IllegalTransition, match="it has ended"):
+        c.to(Status.RUNNING)
+    assert seen == ["running", "paused", "stopping", "stopped", "running", "finished"]
+
+
+def test_status_json_follows_every_change_and_every_row(tmp_path):
+    from lm_core.runs import read_status
+
+    d = tmp_path / "run"
+    t = tiny_trainer(d, max_steps=40)
+    assert read_status(d) is None                     # nothing written before training
+    seen = []
+    t.on_step.append(lambda row: seen.append((row["step"], read_status(d))))
+    t.run()
+    assert [s for s, _ in seen] == [0, 10, 20, 30, 40]
+    for step, st in seen:
+        assert st["status"] == "running" and st["step"] == step and st["max_steps"] == 40
+        assert st["pid"] == os.getpid() and st["updated"] and isinstance(st["updated_unix"], float)
+    assert seen[-2][1]["eta_s"] > 0 or seen[-2][1]["eta_s"] is not None
+    st = read_status(d)
+    assert st["status"] == "finished" and st["reason"] == "max_steps" and st["step"] == 40 and st["eta_s"] == 0
+    (d / "status.json").write_text('{"status": "running", "pid": 999999999, "host": "%s"}' % socket.gethostname())
+    assert read_status(d)["status"] == "interrupted"  # its process is gone: the run was killed
+    (d / "status.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="status.json"):
+        read_status(d)
+
+
+def test_control_requests_pause_resume_and_stop_a_background_run(tmp_path):
+    from lm_core.runs import read_status
+    from lm_core.train import request
+
+    d = tmp_path / "run"
+    t = tiny_trainer(d, max_steps=100_000, eval_interval=1000, log_interval=5, sample_tokens=0)
+    with pytest.raises(ValueError, match="unknown control action"):
+        request(d, "faster")
+    t.start()
+    _wait(lambda: t.step_count >= 10)
+    request(d, "pause")
+    _wait(lambda: t.status == "paused" and read_status(d)["status"] == "paused")
+    request(d, "resume")
+    _wait(lambda: t.status == "running")
+    at = t.step_count
+    _wait(lambda: t.step_count > at)
+    request(d, "stop")
+    assert t.join(30) == "stopped" and t.reason == "stopped"
+    assert read_status(d)["status"] == "stopped" and load_run(d).status == "stopped"
+
+
+def test_a_first_sample_comes_early_without_waiting_for_an_evaluation(monkeypatch):
+    import lm_core.train.loop as loop
+
+    monkeypatch.setattr(loop, "EARLY_SAMPLE_S", 0.0)
+    t = tiny_trainer(max_steps=30, eval_interval=1000)
+    t.run()
+    assert [s["step"] for s in t.samples] == [0, 1, 30]   # step 0, the early one, the last
+
+
+def test_recipe_keeps_a_pasted_text_with_its_run_and_resumes_it(tmp_path):
+    from lm_core.recipes import build_trainer
+
+    d = tmp_path / "pasted"
+    over = dict(batch_size=4, max_steps=20, eval_interval=10, eval_iters=1, num_threads=1, sample_tokens=0)
+    model = dict(n_layer=1, n_head=2, n_embd=16, block_size=16)
+    t = build_trainer(None, "char", model_overrides=model, train_overrides=over, run_dir=d, corpus_text=TEXT)
+    assert (d / "corpus.txt").read_text(encoding="utf-8") == TEXT and t.corpus == str(d / "corpus.txt")
+    t.run()
+    again = build_trainer(None, "char", model_overrides=model, train_overrides={**over, "max_steps": 30},
+                          run_dir=d, resume=True)
+    assert again.step_count == 20 and again.run() == "finished" and again.step_count == 30
+    with pytest.raises(ValueError, match=r"n_embd: 16 → 32"):
+        build_trainer(None, "char", model_overrides={**model, "n_embd": 32}, run_dir=d, resume=True)
+    with pytest.raises(ValueError, match="already holds a run"):
+        build_trainer(None, "char", model_overrides=model, train_overrides=over, run_dir=d, corpus_text=TEXT)
+    with pytest.raises(ValueError, match="n_embd"):   # a refused new run leaves no folder behind
+        build_trainer(None, "char", model_overrides={**model, "n_embd": 15}, run_dir=tmp_path / "bad",
+                      corpus_text=TEXT)
+    assert not (tmp_path / "bad").exists()
