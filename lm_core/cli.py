@@ -12,6 +12,9 @@ Explicit flags override the preset's values. A bad argument, a bad run folder or
 run exits non-zero with one line on stderr, no traceback (set ``LM_LENS_DEBUG=1`` for one).
 Under ``torchrun`` (env ``WORLD_SIZE`` > 1) training uses DistributedDataParallel (gloo on
 CPU, NCCL on CUDA): each rank draws its own batches, only rank 0 writes and prints.
+A run is built by :func:`lm_core.recipes.build_trainer`; while it trains, another process
+may pause, resume or stop it through ``<out>/control.json`` and watch ``<out>/status.json``
+(see :mod:`lm_core.train.control`, :func:`lm_core.runs.read_status`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Named training recipes: a corpus, a tokenizer, and ModelConfig / TrainConfig overrides.
 
-``python -m lm_core train --preset NAME`` starts from the preset; explicit flags override it.
+``python -m lm_core train --preset NAME`` starts from the preset; explicit flags override it
+(:func:`lm_core.recipes.build_trainer` merges them, for the CLI and the app alike).
 """
 
 from __future__ import annotations
