@@ -40,7 +40,7 @@ def _resolve(choice: str) -> tuple[LoadedModel | None, str | None]:
             return None, f"The live run {run_id!r} is no longer in memory; pick it from the run list."
         step = state.live_pin(run_id)
         if step is None:
-            step = job.trainer.step_count
+            step = job.step_count
             state.set_live_pin(run_id, step)
         try:
             return resources.live_model(run_id, step, reg), None
@@ -232,7 +232,7 @@ def sidebar():
         if base.kind == "live":
             job = reg.get(choice[5:])
             if job is not None:
-                now = job.trainer.step_count
+                now = job.step_count
                 st.caption(f"Weights of step {base.step}; training is at step {now}.")
                 if now != base.step and st.button("Use latest weights", key="_live_refresh",
                                                   icon=":material/refresh:"):

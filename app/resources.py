@@ -16,7 +16,7 @@ import lm_core
 from lm_core import corpora
 
 from . import circuits, compute
-from .models import (LoadedModel, at_snapshot, default_model_dir, fallback_model, folder_stamp, from_run,
+from .models import (LoadedModel, at_snapshot, default_model_dir, fallback_model, folder_stamp, from_run, runs_root,
                      load_folder, load_pretrained_model, load_run, snapshot_steps)
 from .training import TrainingRegistry
 
@@ -74,8 +74,9 @@ def pretrained_model(name: str) -> LoadedModel:
 
 @st.cache_resource
 def registry() -> TrainingRegistry:
-    """The process-wide training registry: one per server, shared by every tab and session."""
-    return TrainingRegistry()
+    """The process-wide training registry: one per server, shared by every tab and session. It
+    finds runs still training under the runs folder (the server restarted while they ran)."""
+    return TrainingRegistry(runs_root())
 
 
 @st.cache_resource(max_entries=2)

@@ -100,6 +100,7 @@ TRAIN_ESTIMATE = "train_estimate"      # (settings key, seconds per step)
 TRAIN_NOTICE = "train_notice"          # a message to show once after a rerun
 TRAIN_START_INDUCTION = "train_start_induction"  # set by "Train an induction model": start on this run
 TRAIN_INDUCTION_PROBLEM = "train_induction_problem"  # why that button could not fill the settings
+TRAIN_PAGE_STATUS = "_train_page_status"  # the run's status when the Train page was last drawn in full
 
 DEFAULT_INSPECT_TEXT = "def add(a, b):\n    return a + b\ndef add(a, b):\n    return a + b\n"
 DEFAULT_PROMPT = "def "

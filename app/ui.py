@@ -69,6 +69,32 @@ def chart(fig: go.Figure, key: str, caption: str, name: str | None = None,
     return event
 
 
+def browser_id() -> str:
+    """Who is asking, as stable as the browser: a refresh or a second tab is the same person.
+
+    Streamlit's XSRF cookie lives as long as the browser keeps it; without it (tests, a
+    cookie-less client) the session id stands in. Hashed: the token itself is never stored."""
+    import hashlib
+
+    token = ""
+    try:
+        token = st.context.cookies.get("_streamlit_xsrf", "") or ""
+    except Exception:  # no request context (AppTest)
+        token = ""
+    if not token:
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+        ctx = get_script_run_ctx()
+        token = ctx.session_id if ctx is not None else "local"
+    elif token.startswith("2|") and token.count("|") == 3:  # tornado: "2|mask|masked token|time"
+        _, mask, masked, _ = token.split("|")
+        try:  # the token itself is stable; the mask changes whenever the cookie is re-sent
+            token = bytes(a ^ b for a, b in zip(bytes.fromhex(mask), bytes.fromhex(masked))).hex()
+        except ValueError:
+            pass
+    return hashlib.sha256(str(token).encode("utf-8")).hexdigest()[:16]
+
+
 def csv_download(df: pd.DataFrame, name: str, key: str, label: str = "CSV", where=None) -> None:
     """A download button for a table as CSV (built only when clicked)."""
     (where or st).download_button(label, data=lambda d=df: d.to_csv(index=False).encode("utf-8"),

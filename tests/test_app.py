@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import os
 import time
 from pathlib import Path
 
@@ -285,11 +286,13 @@ def test_start_pause_resume_stop_changes_state(env):
     no_problem(at)
     reg = resources.registry()
     job = reg.active_job()
-    assert job is not None and job.status == "running"
+    assert job is not None and job.status in ("starting", "running")
+    assert job.proc is not None and job.proc.pid != os.getpid()  # trained by a process of its own
+    assert _wait_for(lambda: job.status == "running", timeout=60)
     assert job.model_config.n_layer == 1 and job.train_config.max_seconds == 30 * 60
     assert job.train_config.snapshots == lm_core.TrainConfig().snapshots  # kept for time travel
     assert at.button(key="train_btn_start").disabled  # a second start is impossible from the UI
-    assert _wait_for(lambda: len(job.trainer.history) >= 1)
+    assert _wait_for(lambda: len(job.history()) >= 1)
     at.run()  # the live view shows the run
     assert {"train_loss_chart", "train_grad_chart", "train_update_chart"} <= set(charts(at))
 
@@ -315,7 +318,8 @@ def test_start_pause_resume_stop_changes_state(env):
 
     at.button(key="train_btn_stop").click().run()
     no_problem(at)
-    assert job.status == "stopped"
+    assert job.status in ("stopping", "stopped")  # acknowledged at once
+    assert _wait_for(lambda: job.status == "stopped", timeout=60)
     assert (env / job.run_id / "config.json").exists()
     assert lm_runs.load_run(env / job.run_id).status == "stopped"
     at.run()
@@ -335,9 +339,10 @@ def test_registry_never_starts_two_runs(env):
     at.button(key="train_btn_start").click().run()
     reg = resources.registry()
     job = reg.active_job()
-    with pytest.raises(AlreadyTraining):
+    with pytest.raises(AlreadyTraining, match=f"Run '{job.run_id}' is .* on this server"):
         reg.start("another", lambda: pytest.fail("must not build a second run"))
-    job.trainer.stop()
+    job.stop()
+    job.wait(60)
 
 
 def test_settings_that_do_not_fit_are_refused(env):

@@ -35,11 +35,12 @@ ALL_PAGES = ["views/train.py", "views/attention.py", "views/generate.py", "views
              "views/logit_lens.py", "views/ablation.py", "views/compare.py", "views/mechanics.py"]
 
 
-def _z(fig: dict, trace: int = 0) -> np.ndarray:
-    """A heatmap's z as numpy, from the figure JSON (a typed array {dtype, bdata, shape} or lists)."""
+def _z(fig: dict, trace: int = 0, field: str = "z") -> np.ndarray:
+    """A heatmap's z (or another array field) as numpy, from the figure JSON (a typed array
+    {dtype, bdata, shape} or lists)."""
     import base64
 
-    z = fig["data"][trace]["z"]
+    z = fig["data"][trace][field]
     if isinstance(z, dict):
         arr = np.frombuffer(base64.b64decode(z["bdata"]), dtype=np.dtype(z["dtype"]))
         shape = z.get("shape")
@@ -370,7 +371,7 @@ def test_induction_button_starts_the_induction_preset_and_circuits_show(env, mon
     no_problem(at)
     job = resources.registry().active_job()
     try:
-        assert job is not None and job.status == "running"
+        assert job is not None and _wait_for(lambda: job.status == "running", timeout=60)
         cfg, tc = job.model_config, job.train_config
         want = PRESETS["induction"].model
         assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size) == tuple(
@@ -383,7 +384,7 @@ def test_induction_button_starts_the_induction_preset_and_circuits_show(env, mon
         # the text to inspect becomes a repeated run of letters (it was the untouched default)
         assert at.session_state["inspect_text"] == "xkcdmzqwhtbf" * 2
         # circuits: head scores, recorded by the trainer or read from the first weight snapshots
-        assert _wait_for(lambda: len(lm_runs.list_snapshot_steps(job.run_dir)) >= 3 and len(job.trainer.history) >= 1,
+        assert _wait_for(lambda: len(lm_runs.list_snapshot_steps(job.run_dir)) >= 3 and len(job.history()) >= 1,
                          timeout=60)
         at.run()
         no_problem(at)
@@ -406,7 +407,8 @@ def test_induction_button_starts_the_induction_preset_and_circuits_show(env, mon
         assert not any(n.endswith(".png") for n in back.figures) and back.meta["png"].startswith("not rendered")
         assert any("HTML only" in w.value for w in at.sidebar.warning)
     finally:
-        job.trainer.stop(wait=True, timeout=30)
+        job.stop()
+        job.wait(60)
 
 
 def test_circuits_on_loss_curve_from_recorded_scores(monkeypatch):
@@ -513,12 +515,12 @@ def test_recorded_head_scores_drive_the_circuits_panel_and_the_bump(env, monkeyp
     at.button(key="train_btn_start").click().run()
     job = resources.registry().active_job()
     try:
-        assert _wait_for(lambda: len(job.trainer.history) >= 1)
+        assert _wait_for(lambda: len(job.history()) >= 1)
         at.run()
         no_problem(at)
         c = charts(at)
         heat = c["train_circuits_heat"]["data"][0]
-        assert heat["x"] == ["0", "10", "20", "30"] and heat["y"] == ["L0 H0", "L0 H1", "L1 H0", "L1 H1"]
+        assert list(_z(c["train_circuits_heat"], field="x")) == [0, 10, 20, 30] and heat["y"] == ["L0 H0", "L0 H1", "L1 H0", "L1 H1"]
         np.testing.assert_allclose(_z(c["train_circuits_heat"])[3], [0.0, 0.15, 0.3, 0.45], atol=1e-6)
         loss = c["train_loss_chart"]["layout"]
         assert loss["shapes"][0]["x0"] == 30 and "L1 H1" in loss["annotations"][0]["text"]  # 0.45 ≥ 0.4 at step 30
@@ -526,4 +528,5 @@ def test_recorded_head_scores_drive_the_circuits_panel_and_the_bump(env, monkeyp
         at.radio(key="circuit_kind").set_value("previous_token").run()
         assert "previous token" in charts(at)["train_circuits_heat"]["layout"]["title"]["text"].lower()
     finally:
-        job.trainer.stop(wait=True, timeout=30)
+        job.stop()
+        job.wait(60)

@@ -18,7 +18,7 @@ from lm_core.recipes import build_trainer
 from app import circuits, compute, figures, resources, state, ui
 from app.active import active_model
 from app.models import head_scores_frame, runs_root, snapshot_stamp, snapshot_steps
-from app.training import AlreadyTraining, TrainingJob
+from app.training import ACTIVE, AlreadyTraining, NotYours, TrainingJob
 
 POLL_S = 1.5                # live view refresh while a run is active (each poll costs ~0.1 s of CPU)
 PREVIEW_CHARS = 600
@@ -287,17 +287,19 @@ def _start(mc: lm_core.ModelConfig, train_over: dict) -> bool:
     run_dir = runs_root() / run_id
 
     def make() -> TrainingJob:
+        # the run folder is built here, so a setting that does not fit is said at once; its own
+        # process then trains it (app.training)
         trainer = build_trainer(cur.spec or None, ss[state.TRAIN_TOKENIZER],
                                 model_overrides={k: v for k, v in mc.to_dict().items() if k != "vocab_size"},
                                 train_overrides=train_over, run_dir=run_dir, intervals="live",
                                 vocab_size=int(ss[state.TRAIN_VOCAB]) if ss[state.TRAIN_TOKENIZER] == "bpe" else None,
                                 corpus_text=cur.text)  # without a spec (an upload, a paste): kept as corpus.txt
-        return TrainingJob(run_id=run_id, run_dir=run_dir, trainer=trainer, tokenizer=trainer.tokenizer,
-                           corpus_name=cur.name)
+        return TrainingJob(run_id=run_id, run_dir=run_dir, tokenizer=trainer.tokenizer, corpus_name=cur.name,
+                           model_config=trainer.model.config, train_config=trainer.config)
 
     try:
         with st.spinner("Preparing the run (tokenizer, model, first checkpoint)…"):
-            reg.start(run_id, make)
+            reg.start(run_id, make, owner=ui.browser_id())
         state.put(state.TRAIN_NOTICE, f"Started run '{run_id}'. Pick it in the sidebar to inspect the "
                                       f"model while it learns.")
         return True
@@ -347,28 +349,38 @@ def induction_box() -> None:
 def controls(mc, train_over) -> None:
     st.subheader("4 · Run")
     status = job.status if job is not None else "idle"
+    st.session_state[state.TRAIN_PAGE_STATUS] = status  # the live view reruns the page when it changes
+    mine = job is None or job.may_control(ui.browser_id())
     c = st.columns([1.3, 1, 1, 1, 3])
     start = c[0].button("Start training", type="primary", icon=":material/play_arrow:", key="train_btn_start",
                         disabled=active or mc is None)
-    pause = c[1].button("Pause", icon=":material/pause:", key="train_btn_pause", disabled=status != "running")
-    resume = c[2].button("Resume", icon=":material/resume:", key="train_btn_resume", disabled=status != "paused")
-    stop = c[3].button("Stop", icon=":material/stop:", key="train_btn_stop", disabled=not active)
+    pause = c[1].button("Pause", icon=":material/pause:", key="train_btn_pause", disabled=status != "running" or not mine)
+    resume = c[2].button("Resume", icon=":material/resume:", key="train_btn_resume", disabled=status != "paused" or not mine)
+    stop = c[3].button("Stop", icon=":material/stop:", key="train_btn_stop",
+                       disabled=not active or status == "stopping" or not mine)
     if active:
-        c[4].caption(f"Run **{job.run_id}** is {status}. Stop it to start another.")
+        c[4].caption(f"Run **{job.run_id}** is {status}. " + ("Stop it to start another." if mine else
+                                                            "It was started from another browser."))
     start_induction = st.session_state.pop(state.TRAIN_START_INDUCTION, False) and not active
     if (start or start_induction) and mc is not None and _start(mc, train_over):
         st.rerun()
-    if job is not None:
-        if pause:
-            job.trainer.pause(wait=True, timeout=10)
-            st.rerun()
-        if resume:
-            job.trainer.resume()
-            st.rerun()
-        if stop:
-            with st.spinner("Stopping after the current step (final evaluation and checkpoint)…"):
-                job.trainer.stop(wait=True, timeout=30)
-            st.rerun()
+    action, wanted = (("pause", ("paused",)) if pause else ("resume", ("running",)) if resume
+                      else ("stop", ("stopping", "stopped", "finished")) if stop else (None, ()))
+    if job is not None and action is not None:
+        try:
+            getattr(job, action)(ui.browser_id())  # a stop is acknowledged at once: "stopping"
+        except NotYours as e:
+            st.warning(str(e), icon=":material/lock:")
+            return
+        _wait_for_status(job, wanted)
+        st.rerun()
+
+
+def _wait_for_status(job: TrainingJob, wanted: tuple[str, ...], timeout: float = 3.0) -> None:
+    """Wait (briefly) for the training process to take a request up, so the page redraws with it."""
+    t0 = time.time()
+    while time.time() - t0 < timeout and job.status not in wanted and job.active:
+        time.sleep(0.05)
 
 
 # -- 5. live view ---------------------------------------------------------------------------------
@@ -492,10 +504,8 @@ def live_view() -> None:
     """Everything that changes while the model trains. Reruns on its own every POLL_S seconds
     while a run is active (a fragment: the rest of the page is not redrawn)."""
     snap = job.poll()
-    was_active = st.session_state.get("_train_was_active")
-    st.session_state["_train_was_active"] = snap.status in ("idle", "running", "paused")
-    if was_active and not st.session_state["_train_was_active"]:
-        st.rerun()  # the run ended: redraw the whole page once (buttons, sidebar), stop polling
+    if snap.status != st.session_state.get(state.TRAIN_PAGE_STATUS):
+        st.rerun()  # started, paused, stopping or ended: redraw the whole page (buttons, sidebar) once
     tc = job.train_config
     m = snap.metrics
     step = snap.step
@@ -505,8 +515,8 @@ def live_view() -> None:
     eta_txt = f" · ETA {compute.format_seconds(eta)}" if snap.status == "running" and eta is not None and eta == eta else ""
     st.progress(min(1.0, frac), text=f"**{snap.status}** · step {step:,} / {tc.max_steps:,} · elapsed "
                                      f"{compute.format_seconds(elapsed)}{eta_txt}")
-    if snap.status in ("diverged", "failed"):
-        st.error(f"{snap.error} The run folder {job.run_dir} keeps the last good checkpoint; it is listed in "
+    if snap.status in ("diverged", "failed", "interrupted"):
+        st.error(f"{snap.error or 'The training process was killed.'} The run folder {job.run_dir} keeps the last good checkpoint; it is listed in "
                  f"the sidebar.", icon=":material/error:")
     elif snap.status in ("finished", "stopped"):
         st.success(f"Run **{job.run_id}** {snap.status} at step {step:,} ({snap.reason}). It is saved in "
@@ -515,7 +525,7 @@ def live_view() -> None:
                               "tokenizer": getattr(job.tokenizer, "kind", None), "source": job.run_id, "step": step},
                              snap.history, job.run_id)
     history_view(snap.history, snap.samples, job.run_id, head_scores=snap, run_dir=job.run_dir,
-                 live=st.session_state["_train_was_active"])
+                 live=snap.status in ACTIVE)
 
 
 notice = st.session_state.pop(state.TRAIN_NOTICE, None)
@@ -523,8 +533,7 @@ if notice:
     st.success(notice, icon=":material/check_circle:")
 
 if active:
-    st.info(f"Run **{job.run_id}** is {job.status}; its settings are locked until it ends. The live view is below.",
-            icon=":material/model_training:")
+    st.info(reg.busy_message(job, ui.browser_id()) + " The live view is below.", icon=":material/model_training:")
 induction_box()
 with st.expander("Set up a new run", expanded=not active):
     corpus_section()
