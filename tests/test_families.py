@@ -57,7 +57,7 @@ CASES = [
 def hf_model(cls_name: str, kw: dict, seed: int = 0):
     """A random transformers model whose every parameter (norm gains, biases) is far from its init."""
     torch.manual_seed(seed)
-    cfg = getattr(transformers, cls_name)(**BASE, **kw)
+    cfg = getattr(transformers, cls_name)(**{**BASE, **kw})
     hf = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
     with torch.no_grad():
         for name, p in hf.named_parameters():
