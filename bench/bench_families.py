@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -162,7 +163,8 @@ def main() -> None:
     import transformers
 
     emit("env", torch=torch.__version__, transformers=transformers.__version__, threads=torch.get_num_threads(),
-         machine=platform.machine(), python=platform.python_version())
+         machine=platform.machine(), python=platform.python_version(), cores=os.cpu_count(),
+         loadavg_1m=round(os.getloadavg()[0], 2))
     for name in args.models.split(","):
         bench_model(name, args.repeats)
         peak_memory(name)
