@@ -232,3 +232,23 @@ def test_d_head_lifts_the_divisibility_rule():
     m = GPT(cfg)
     assert m(torch.zeros(1, 4, dtype=torch.long)).shape == (1, 4, BASE["vocab_size"])
     assert cfg.n_params == m.num_params()
+
+
+def test_a_llama_style_run_trains_and_its_folder_reloads(tmp_path):
+    """Run folders carry the layout in config.json: train a few steps, reload, same logits."""
+    text = "the cat sat on the mat. " * 40
+    tok = lm_core.CharTokenizer.train(text)
+    cfg = ModelConfig(**{**BASE, **LAYOUTS["llama"], "vocab_size": tok.vocab_size})
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    tc = lm_core.TrainConfig(batch_size=4, max_steps=3, warmup_steps=1, eval_interval=3, eval_iters=1,
+                             log_interval=1, checkpoint_interval=3, sample_tokens=0, snapshots=0, device="cpu")
+    trainer = lm_core.Trainer(model, tok, text, tc, run_dir=tmp_path / "run")
+    for _ in range(3):
+        trainer.step()
+    trainer.save_checkpoint()
+    run = lm_core.load_run(tmp_path / "run")
+    assert run.model.config == cfg
+    idx = torch.tensor([tok.encode("the cat")])
+    with torch.no_grad():
+        torch.testing.assert_close(run.model(idx), model.eval()(idx))
