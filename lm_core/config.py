@@ -51,34 +51,130 @@ class _Config:
         return dataclasses.replace(self, **changes)
 
 
+def _require_bool(name: str, value: Any, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, bool):
+        extra = " (or null to follow bias)" if optional else ""
+        raise ValueError(f"{name} must be true or false{extra}, got {value!r}")
+
+
+def _require_choice(name: str, value: Any, choices: tuple[str, ...], why: str = "") -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}{why}, got {value!r}")
+
+
+_ROPE_SCALING_KEYS = ("rope_type", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
 @dataclass(frozen=True)
 class ModelConfig(_Config):
-    """Shape of a GPT-2-layout model (names as in GPT-2 / nanoGPT)."""
+    """Shape of a decoder-only transformer (names as in GPT-2 / nanoGPT, TransformerLens for d_*).
+
+    The defaults are GPT-2's layout: LayerNorm, learned absolute positions, a GELU MLP 4 x wide,
+    multi-head attention, biases everywhere, tied unembedding. The other switches express the
+    layouts of today's open models (see ``lm_core.pretrained`` for the Hugging Face families):
+
+    * ``norm``: "layernorm" (GPT-2, GPT-NeoX) or "rmsnorm" (Llama, Qwen, Mistral); ``layer_norm_eps``
+      is the epsilon of either.
+    * ``pos``: "learned" (a ``wpe`` table, GPT-2), "rotary" (RoPE, Su et al. 2021: q and k rotated
+      by their absolute position, ``rope_base`` the wavelength base, ``rotary_pct`` the share of
+      each head's dimensions rotated, GPT-NeoX rotates 25 %) or "none" (no position signal but the
+      causal mask). ``rope_scaling``: None or Llama 3.1's ``{"rope_type": "llama3", "factor",
+      "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}``.
+    * ``mlp``: "gelu" (``c_fc`` -> GELU -> ``c_proj``) or "swiglu" (SiLU(``c_gate`` x) * ``c_fc`` x
+      -> ``c_proj``, Shazeer 2020); ``d_mlp`` its hidden width (default 4 x n_embd).
+    * ``n_kv_head``: key/value heads (default n_head: multi-head; fewer: grouped-query, 1:
+      multi-query); each group of n_head / n_kv_head query heads shares one key/value head.
+    * ``d_head``: size of each head (default n_embd / n_head; Qwen3 uses more).
+    * ``parallel_residual``: attention and MLP both read the block's input (GPT-NeoX, GPT-J).
+    * ``qk_norm``: an RMSNorm over each head's q and k before the rotation (Qwen3).
+    * ``sliding_window``: each query sees at most this many most recent positions (Mistral).
+    * ``tie_embeddings``: ``lm_head`` shares ``wte``'s matrix (GPT-2, SmolLM2) or has its own.
+    * Biases: ``bias`` is the default for every part; ``attn_bias`` (q/k/v and output
+      projection), ``qkv_bias`` (q/k/v only; Qwen2 has these and no other), ``mlp_bias`` and
+      ``norm_bias`` (LayerNorm only; RMSNorm has none) override it when not None.
+    """
 
     vocab_size: int = 66
-    block_size: int = 64           # longest context the model sees (learned positions)
+    block_size: int = 64           # longest context the model sees
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = True              # biases in Linear and LayerNorm layers, as GPT-2
     gelu_approximate: str = "none"  # GPT-2 weights need "tanh"
-    layer_norm_eps: float = 1e-5
+    layer_norm_eps: float = 1e-5   # epsilon of every norm (LayerNorm or RMSNorm)
+    norm: str = "layernorm"        # layernorm | rmsnorm
+    pos: str = "learned"           # learned | rotary | none
+    rope_base: float = 10000.0
+    rotary_pct: float = 1.0        # share of each head's dimensions that rotary rotates
+    rope_scaling: dict | None = None  # None or Llama 3.1's {"rope_type": "llama3", ...}
+    mlp: str = "gelu"              # gelu | swiglu
+    d_mlp: int | None = None       # MLP hidden width; None = 4 * n_embd
+    n_kv_head: int | None = None   # key/value heads; None = n_head
+    d_head: int | None = None      # size of each head; None = n_embd // n_head
+    parallel_residual: bool = False
+    qk_norm: bool = False
+    sliding_window: int | None = None
+    tie_embeddings: bool = True
+    attn_bias: bool | None = None  # None = bias
+    qkv_bias: bool | None = None   # None = attn_bias
+    mlp_bias: bool | None = None   # None = bias
+    norm_bias: bool | None = None  # None = bias (LayerNorm only)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             _require_int(name, getattr(self, name))
-        if self.n_embd % self.n_head:
+        if self.d_head is None and self.n_embd % self.n_head:
             raise ValueError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): each head gets "
                 f"n_embd / n_head dimensions; try n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))}"
+                f" (or set d_head)"
+            )
+        for name in ("d_mlp", "n_kv_head", "d_head", "sliding_window"):
+            if getattr(self, name) is not None:
+                _require_int(name, getattr(self, name))
+        if self.n_head % self.kv_heads:
+            raise ValueError(
+                f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}): each key/value head "
+                f"serves an equal group of query heads; try one of "
+                f"{[k for k in range(1, self.n_head + 1) if self.n_head % k == 0]}"
             )
         _require_float("dropout", self.dropout, 0.0, 1.0, hi_open=True)
-        if not isinstance(self.bias, bool):
-            raise ValueError(f"bias must be true or false, got {self.bias!r}")
+        _require_bool("bias", self.bias)
+        for name in ("parallel_residual", "qk_norm", "tie_embeddings"):
+            _require_bool(name, getattr(self, name))
+        for name in ("attn_bias", "qkv_bias", "mlp_bias", "norm_bias"):
+            _require_bool(name, getattr(self, name), optional=True)
         if self.gelu_approximate not in ("none", "tanh"):
             raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got {self.gelu_approximate!r}")
         _require_float("layer_norm_eps", self.layer_norm_eps, 0.0, 1.0, lo_open=True)
+        _require_choice("norm", self.norm, ("layernorm", "rmsnorm"))
+        if self.norm == "rmsnorm" and self.norm_bias:
+            raise ValueError("norm_bias=true needs norm='layernorm': RMSNorm has no bias")
+        _require_choice("pos", self.pos, ("learned", "rotary", "none"))
+        _require_choice("mlp", self.mlp, ("gelu", "swiglu"))
+        _require_float("rope_base", self.rope_base, 1.0, 1e12, lo_open=True)
+        _require_float("rotary_pct", self.rotary_pct, 0.0, 1.0, lo_open=True)
+        if self.pos == "rotary" and (self.rotary_dim < 2 or self.rotary_dim % 2):
+            raise ValueError(
+                f"rotary_pct={self.rotary_pct} of d_head={self.head_dim} rotates {self.rotary_dim} dimensions; "
+                f"rotary needs an even number of them, at least 2"
+            )
+        if self.rope_scaling is not None:
+            rs = self.rope_scaling
+            if not isinstance(rs, dict) or rs.get("rope_type") != "llama3":
+                raise ValueError(f"rope_scaling must be null or Llama 3.1's {{'rope_type': 'llama3', ...}}, got {rs!r}")
+            missing = [k for k in _ROPE_SCALING_KEYS if k not in rs]
+            if missing or set(rs) - set(_ROPE_SCALING_KEYS):
+                raise ValueError(f"rope_scaling needs exactly the keys {list(_ROPE_SCALING_KEYS)}, got {sorted(rs)}")
+            for k in _ROPE_SCALING_KEYS[1:]:
+                _require_float(f"rope_scaling[{k!r}]", rs[k], 0.0, 1e9, lo_open=True)
+            if rs["high_freq_factor"] <= rs["low_freq_factor"]:
+                raise ValueError("rope_scaling's high_freq_factor must be larger than its low_freq_factor")
+            if self.pos != "rotary":
+                raise ValueError(f"rope_scaling applies to rotary positions; this config has pos={self.pos!r}")
         if self.block_size > MAX_BLOCK_SIZE:
             raise ValueError(
                 f"block_size {self.block_size} is too long for this explorer (at most {MAX_BLOCK_SIZE}): "
@@ -91,18 +187,61 @@ class ModelConfig(_Config):
                 f"more than the {MAX_PARAMS / 1e9:.0f} B this explorer supports; reduce n_layer, n_embd or vocab_size"
             )
 
+    def __hash__(self) -> int:  # rope_scaling is a dict: hash the JSON form
+        import json
+
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
+    # -- resolved values (None fields follow their defaults) -------------------------------
+
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.d_head if self.d_head is not None else self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head if self.n_kv_head is not None else self.n_head
+
+    @property
+    def mlp_dim(self) -> int:
+        return self.d_mlp if self.d_mlp is not None else 4 * self.n_embd
+
+    @property
+    def rotary_dim(self) -> int:
+        """Dimensions of each head that rotary rotates (the first ones; 0 without rotary)."""
+        return int(self.head_dim * self.rotary_pct) if self.pos == "rotary" else 0
+
+    @property
+    def use_qkv_bias(self) -> bool:
+        return self.qkv_bias if self.qkv_bias is not None else self.use_attn_out_bias
+
+    @property
+    def use_attn_out_bias(self) -> bool:
+        return self.attn_bias if self.attn_bias is not None else self.bias
+
+    @property
+    def use_mlp_bias(self) -> bool:
+        return self.mlp_bias if self.mlp_bias is not None else self.bias
+
+    @property
+    def use_norm_bias(self) -> bool:
+        if self.norm == "rmsnorm":
+            return False
+        return self.norm_bias if self.norm_bias is not None else self.bias
 
     @property
     def n_params(self) -> int:
-        """Parameter count (embeddings included, tied unembedding counted once)."""
-        d, b = self.n_embd, int(self.bias)
-        ln = d * (1 + b)
-        attn = d * 3 * d + 3 * d * b + d * d + d * b
-        mlp = d * 4 * d + 4 * d * b + 4 * d * d + d * b
-        return self.vocab_size * d + self.block_size * d + self.n_layer * (2 * ln + attn + mlp) + ln
+        """Parameter count (embeddings included, a tied unembedding counted once)."""
+        d, dh, h, hkv, f = self.n_embd, self.head_dim, self.n_head, self.kv_heads, self.mlp_dim
+        norm = d * (1 + int(self.use_norm_bias))
+        qkv = (h + 2 * hkv) * dh
+        attn = d * qkv + qkv * int(self.use_qkv_bias) + h * dh * d + d * int(self.use_attn_out_bias)
+        attn += 2 * dh * int(self.qk_norm)
+        n_in = 2 if self.mlp == "swiglu" else 1
+        mlp = n_in * (d * f + f * int(self.use_mlp_bias)) + f * d + d * int(self.use_mlp_bias)
+        emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        emb += self.block_size * d if self.pos == "learned" else 0
+        return emb + self.n_layer * (2 * norm + attn + mlp) + norm
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,13 @@
-"""A GPT in GPT-2 layout with a named hook point at every activation worth looking at.
+"""A decoder-only transformer with a named hook point at every activation worth looking at.
 
-Reads top to bottom in build order: LayerNorm -> attention -> MLP -> block -> GPT, as in
-nanoGPT. Parameter names follow GPT-2 (``c_attn``, ``c_proj``, ``c_fc``, ``wte``, ``wpe``,
-``lm_head``); activation names follow TransformerLens (``blocks.0.attn.hook_pattern``), see
-the table in DESIGN §2. Shapes: B batch, T positions, D n_embd, H heads, Dh head size,
-Tk key positions (= cached + new positions with a KV cache).
+GPT-2's layout by default; a few switches of :class:`ModelConfig` give the layouts of today's
+open models (Llama, Qwen2/3, Mistral: RMSNorm, rotary positions, SwiGLU, grouped-query
+attention; GPT-NeoX/Pythia: parallel residual, partial rotary). Reads top to bottom in build
+order: norm -> rotary -> attention -> MLP -> block -> GPT, as in nanoGPT. Parameter names
+follow GPT-2 (``c_attn``, ``c_proj``, ``c_fc``, ``wte``, ``wpe``, ``lm_head``); activation
+names follow TransformerLens (``blocks.0.attn.hook_pattern``), see the table in DESIGN §2.
+Shapes: B batch, T positions, D n_embd, H heads, Hkv key/value heads, Dh head size, F MLP
+width, R rotated dims per head, Tk key positions (= cached + new positions with a KV cache).
 """
 
 from __future__ import annotations
@@ -20,37 +23,114 @@ from .config import ModelConfig
 from .hooks import HookedModule, HookPoint
 
 
-class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1 everywhere)."""
+class NormHooks(nn.Module):
+    """The hook points of one norm: ``hook_scale`` [B, T, 1] and ``hook_normalized`` [B, T, D].
 
-    def __init__(self, ndim: int, bias: bool, eps: float) -> None:
+    ``hook_scale`` is sqrt(mean(x²) + eps) of each position (x centred first for LayerNorm),
+    ``hook_normalized`` the norm's output (after its weight and bias), what the next layer reads.
+    A block holds them as ``ln1`` / ``ln2`` (TransformerLens' names) beside the parameters
+    ``ln_1`` / ``ln_2`` (GPT-2's names), so both vocabularies stay as they are.
+    """
+
+    def __init__(self, scale: bool = True) -> None:
         super().__init__()
+        self.hook_scale = HookPoint() if scale else None
+        self.hook_normalized = HookPoint()
+
+
+class Norm(nn.Module):
+    """LayerNorm (GPT-2, GPT-NeoX) or RMSNorm (Zhang & Sennrich 2019: no centring, no bias).
+
+    The fused kernel runs unless someone watches ``hooks.hook_scale``; then the division is
+    spelled out so the scale can be seen or edited (e.g. frozen, for attribution).
+    """
+
+    def __init__(self, ndim: int, kind: str, bias: bool, eps: float) -> None:
+        super().__init__()
+        self.kind, self.eps = kind, eps
         self.weight = nn.Parameter(torch.ones(ndim))
         self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
-        self.eps = eps
+
+    def forward(self, x: torch.Tensor, hooks: NormHooks | FinalNorm | None = None) -> torch.Tensor:
+        if hooks is not None and hooks.hook_scale is not None and hooks.hook_scale.active:
+            if self.kind == "layernorm":
+                x = x - x.mean(-1, keepdim=True)
+            scale = hooks.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())  # (B, T, 1)
+            y = x / scale * self.weight
+            y = y + self.bias if self.bias is not None else y
+        elif self.kind == "layernorm":
+            y = F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        else:
+            y = F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return hooks.hook_normalized(y) if hooks is not None else y
+
+
+class FinalNorm(Norm):
+    """``ln_final``: the norm before the unembedding, its output at ``ln_final.hook_normalized``
+    (and, for RMSNorm, its scale at ``ln_final.hook_scale``). It is its own hook holder."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg.n_embd, cfg.norm, cfg.use_norm_bias, cfg.layer_norm_eps)
+        self.hook_scale = HookPoint() if cfg.norm == "rmsnorm" else None  # [B, T, 1]
+        self.hook_normalized = HookPoint()                                 # [B, T, D]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        return super().forward(x, self)
 
 
-class FinalLayerNorm(LayerNorm):
-    """``ln_final``: the LayerNorm before the unembedding, its output at ``hook_normalized``."""
+def block_norm(cfg: ModelConfig) -> tuple[Norm, NormHooks | None]:
+    """A block's norm and its hook points (RMSNorm blocks only: GPT-2's set stays as it was)."""
+    norm = Norm(cfg.n_embd, cfg.norm, cfg.use_norm_bias, cfg.layer_norm_eps)
+    return norm, (NormHooks() if cfg.norm == "rmsnorm" else None)
 
-    def __init__(self, ndim: int, bias: bool, eps: float) -> None:
-        super().__init__(ndim, bias, eps)
-        self.hook_normalized = HookPoint()  # [B, T, D]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hook_normalized(super().forward(x))
+# -- rotary positions (RoPE, Su et al. 2021) ----------------------------------------------
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """Angular frequency of each rotated pair, ``[R/2]``: base^(-2i/R), as GPT-NeoX and Llama.
+
+    Llama 3.1's ``rope_scaling`` slows the low frequencies by ``factor`` (long-context
+    extension) and blends smoothly between ``low_freq_factor`` and ``high_freq_factor``.
+    """
+    R = cfg.rotary_dim
+    inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(0, R, 2, dtype=torch.int64).float() / R))
+    rs = cfg.rope_scaling
+    if rs is not None:  # "llama3", the only kind ModelConfig accepts
+        factor, lo, hi, ctx = (rs[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
+                                               "original_max_position_embeddings"))
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > ctx / lo, inv_freq / factor, inv_freq)
+        smooth = (ctx / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < ctx / hi) * ~(wavelen > ctx / lo)
+        inv_freq = torch.where(medium, smoothed, scaled)
+    return inv_freq
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first R dims of each head of ``x`` [B, T, H, Dh] by its position's angles.
+
+    ``cos``/``sin`` are [T, 1, R]. Dimension i is paired with i + R/2 ("rotate half", the
+    GPT-NeoX / Hugging Face convention); the other Dh - R dims pass through unchanged.
+    """
+    R = cos.shape[-1]
+    xr, rest = x[..., :R], x[..., R:]
+    x1, x2 = xr[..., : R // 2], xr[..., R // 2 :]
+    rotated = xr * cos + torch.cat((-x2, x1), dim=-1) * sin  # (B, T, H, R)
+    return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
 
 
 @dataclass
 class KVCache:
     """Keys and values of the positions seen so far, one ``(k, v)`` pair per layer.
 
-    Each tensor is ``[B, H, T_cached, Dh]``. ``GPT.forward`` appends the new positions and
-    offsets positions and the causal mask by ``length``. Learned absolute positions cannot be
-    shifted, so a caller that runs past ``block_size`` must start a new cache (re-prefill).
+    Each tensor is ``[B, Hkv, T_cached, Dh]``: only the ``n_kv_head`` key/value heads are
+    stored (the memory point of grouped-query attention), rotary keys already rotated to their
+    absolute positions. ``GPT.forward`` appends the new positions and offsets positions and the
+    causal mask by ``length``. Learned absolute positions cannot be shifted, so a caller that
+    runs past ``block_size`` must start a new cache (re-prefill); ``generate`` does so for
+    every layout.
     """
 
     layers: list[tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=list)
@@ -62,50 +142,80 @@ class KVCache:
         return self.layers[0][0].shape[2]
 
 
+def allowed_keys(T: int, Tk: int, past: int, window: int | None, device) -> torch.Tensor:
+    """[T, Tk] bool: query i (absolute position past + i) may see key j when j <= past + i and,
+    with a sliding window, j > past + i - window."""
+    ok = torch.ones(T, Tk, dtype=torch.bool, device=device).tril(diagonal=past)
+    if window is not None and window < Tk:
+        ok &= ~torch.ones(T, Tk, dtype=torch.bool, device=device).tril(diagonal=past - window)
+    return ok
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v for all heads
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        H, Hkv, Dh = self.n_head, self.n_kv_head, self.head_dim
+        # q for H heads, then k and v for Hkv heads each: one matmul
+        self.c_attn = nn.Linear(cfg.n_embd, (H + 2 * Hkv) * Dh, bias=cfg.use_qkv_bias)
+        self.c_proj = nn.Linear(H * Dh, cfg.n_embd, bias=cfg.use_attn_out_bias)
+        if cfg.qk_norm:  # Qwen3: RMSNorm over each head's dims, weights shared by the heads
+            self.q_norm = Norm(Dh, "rmsnorm", False, cfg.layer_norm_eps)
+            self.k_norm = Norm(Dh, "rmsnorm", False, cfg.layer_norm_eps)
+        self.qk_norm = cfg.qk_norm
+        self.window = cfg.sliding_window
         self.attn_dropout = nn.Dropout(cfg.dropout)
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.dropout = cfg.dropout
-        self.hook_q = HookPoint()            # [B, T, H, Dh]
-        self.hook_k = HookPoint()            # [B, T, H, Dh]  (new positions only with a KV cache)
-        self.hook_v = HookPoint()            # [B, T, H, Dh]
+        self.hook_q = HookPoint()            # [B, T, H, Dh]  (after q_norm when qk_norm)
+        self.hook_k = HookPoint()            # [B, T, Hkv, Dh]  (new positions only with a KV cache)
+        self.hook_v = HookPoint()            # [B, T, Hkv, Dh]
+        if cfg.pos == "rotary":
+            self.hook_rot_q = HookPoint()    # [B, T, H, Dh]  q rotated to its absolute position
+            self.hook_rot_k = HookPoint()    # [B, T, Hkv, Dh]
         self.hook_attn_scores = HookPoint()  # [B, H, T, Tk]  q·kᵀ/√Dh, masked entries -inf
         self.hook_pattern = HookPoint()      # [B, H, T, Tk]  softmax over keys; row = query
-        self.hook_z = HookPoint()            # [B, T, H, Dh]  pattern · v, per head
+        self.hook_z = HookPoint()            # [B, T, H, Dh]  pattern · v, per query head
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None,
-                layer: int = 0) -> torch.Tensor:
-        B, T, D = x.shape
-        H, Dh = self.n_head, self.head_dim
-        q, k, v = self.c_attn(x).split(D, dim=2)
-        q = self.hook_q(q.view(B, T, H, Dh))
-        k = self.hook_k(k.view(B, T, H, Dh))
-        v = self.hook_v(v.view(B, T, H, Dh))
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, Dh)
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, Hkv, Dh = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.c_attn(x).split([H * Dh, Hkv * Dh, Hkv * Dh], dim=2)
+        q, k, v = q.view(B, T, H, Dh), k.view(B, T, Hkv, Dh), v.view(B, T, Hkv, Dh)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        if rope is not None:
+            q = self.hook_rot_q(apply_rotary(q, *rope))
+            k = self.hook_rot_k(apply_rotary(k, *rope))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|Hkv, T, Dh)
         past = 0
         if kv_cache is not None:
             prev = kv_cache.layers[layer] if layer < len(kv_cache.layers) else None
             if prev is not None:
                 past = prev[0].shape[2]
-                k = torch.cat([prev[0], k], dim=2)  # (B, H, Tk, Dh)
+                k = torch.cat([prev[0], k], dim=2)  # (B, Hkv, Tk, Dh)
                 v = torch.cat([prev[1], v], dim=2)
             if layer < len(kv_cache.layers):
                 kv_cache.layers[layer] = (k, v)
             else:
                 kv_cache.layers.append((k, v))
-        Tk = k.shape[2]
+        Tk, G = k.shape[2], H // Hkv  # G query heads share each key/value head
         drop = self.dropout if self.training else 0.0
+        windowed = self.window is not None and self.window < Tk
 
         if self.hook_pattern.active or self.hook_attn_scores.active:
-            # Someone is watching: compute the pattern explicitly so it can be seen and edited.
-            # query i sits at absolute position past + i and may see keys 0 .. past + i;
+            # Someone is watching: compute the pattern explicitly so it can be seen and edited,
+            # one row per query head (key/value head h // G serves query head h).
+            if G > 1:
+                k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)  # (B, H, Tk, Dh)
+            if windowed:
+                mask = torch.zeros(T, Tk, device=x.device, dtype=q.dtype).masked_fill_(
+                    ~allowed_keys(T, Tk, past, self.window, x.device), float("-inf"))
+            else:  # query i sits at absolute position past + i and may see keys 0 .. past + i
+                mask = torch.full((T, Tk), float("-inf"), device=x.device, dtype=q.dtype).triu_(past + 1)
             # the mask is added inside the matmul (baddbmm) rather than in a second pass
-            mask = torch.full((T, Tk), float("-inf"), device=x.device, dtype=q.dtype).triu_(past + 1)
             scores = torch.baddbmm(
                 mask.expand(B * H, T, Tk), q.reshape(B * H, T, Dh), k.reshape(B * H, Tk, Dh).transpose(1, 2),
                 alpha=1.0 / math.sqrt(Dh),
@@ -113,53 +223,72 @@ class CausalSelfAttention(nn.Module):
             scores = self.hook_attn_scores(scores)
             pattern = self.hook_pattern(F.softmax(scores, dim=-1))
             z = self.attn_dropout(pattern) @ v  # (B, H, T, Dh)
-        elif past == 0:
-            z = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+        elif past == 0 and not windowed:
+            z = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True, enable_gqa=G > 1)
         else:
-            mask = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+            mask = allowed_keys(T, Tk, past, self.window, x.device)
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, enable_gqa=G > 1)
         z = self.hook_z(z.transpose(1, 2))  # (B, T, H, Dh)
-        return self.resid_dropout(self.c_proj(z.reshape(B, T, D)))
+        return self.resid_dropout(self.c_proj(z.reshape(B, T, H * Dh)))
 
 
 class MLP(nn.Module):
+    """GELU MLP (GPT-2: ``c_fc`` -> GELU -> ``c_proj``) or SwiGLU (Llama: SiLU(``c_gate`` x) ·
+    ``c_fc`` x -> ``c_proj``; Shazeer 2020, "GLU Variants Improve Transformer")."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.gated = cfg.mlp == "swiglu"
+        bias, F_ = cfg.use_mlp_bias, cfg.mlp_dim
+        if self.gated:
+            self.c_gate = nn.Linear(cfg.n_embd, F_, bias=bias)
+        self.c_fc = nn.Linear(cfg.n_embd, F_, bias=bias)
+        self.c_proj = nn.Linear(F_, cfg.n_embd, bias=bias)
         self.dropout = nn.Dropout(cfg.dropout)
         self.approximate = cfg.gelu_approximate
-        self.hook_pre = HookPoint()   # [B, T, 4D] before GELU
-        self.hook_post = HookPoint()  # [B, T, 4D] after GELU
+        self.hook_pre = HookPoint()             # [B, T, F] before the activation (the gate when gated)
+        if self.gated:
+            self.hook_pre_linear = HookPoint()  # [B, T, F] the linear branch c_fc x
+        self.hook_post = HookPoint()            # [B, T, F] after the activation (times the linear branch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.hook_post(F.gelu(self.hook_pre(self.c_fc(x)), approximate=self.approximate))
-        return self.dropout(self.c_proj(h))
+        if self.gated:
+            h = F.silu(self.hook_pre(self.c_gate(x))) * self.hook_pre_linear(self.c_fc(x))
+        else:
+            h = F.gelu(self.hook_pre(self.c_fc(x)), approximate=self.approximate)
+        return self.dropout(self.c_proj(self.hook_post(h)))
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then + mlp(ln_2(.))."""
+    """Pre-norm transformer block: x + attn(ln_1(x)), then + mlp(ln_2(.)).
+
+    With ``parallel_residual`` (GPT-NeoX) the MLP reads ln_2 of the block's input x instead of
+    resid_mid; resid_mid = x + attn_out is still recorded, so resid_post = resid_mid + mlp_out
+    holds in every layout.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.ln_1 = LayerNorm(cfg.n_embd, cfg.bias, cfg.layer_norm_eps)
+        self.ln_1, self.ln1 = block_norm(cfg)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = LayerNorm(cfg.n_embd, cfg.bias, cfg.layer_norm_eps)
+        self.ln_2, self.ln2 = block_norm(cfg)
         self.mlp = MLP(cfg)
+        self.parallel = cfg.parallel_residual
         self.hook_resid_pre = HookPoint()   # [B, T, D]
         self.hook_attn_out = HookPoint()    # [B, T, D]
         self.hook_resid_mid = HookPoint()   # [B, T, D] = resid_pre + attn_out
         self.hook_mlp_out = HookPoint()     # [B, T, D]
         self.hook_resid_post = HookPoint()  # [B, T, D] = resid_mid + mlp_out
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope=None, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln_1(x), kv_cache=kv_cache, layer=layer)))
-        return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln_2(x))))
+        mid = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln_1(x, self.ln1), rope, kv_cache, layer)))
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln_2(x if self.parallel else mid, self.ln2)))
+        return self.hook_resid_post(mid + mlp_out)
 
 
 class GPT(HookedModule):
-    """GPT-2-layout language model. ``model(idx)`` maps token ids [B, T] to logits [B, T, V]."""
+    """Decoder-only language model. ``model(idx)`` maps token ids [B, T] to logits [B, T, V]."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -167,14 +296,21 @@ class GPT(HookedModule):
             raise ValueError(f"GPT needs a ModelConfig, got {type(config).__name__}")
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        if config.pos == "learned":
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        else:
+            self.wpe = None
+        if config.pos == "rotary":  # not a weight: rebuilt from the config, never saved
+            self.register_buffer("rope_inv_freq", rope_inv_freq(config), persistent=False)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_final = FinalLayerNorm(config.n_embd, config.bias, config.layer_norm_eps)
+        self.ln_final = FinalNorm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied unembedding (Press & Wolf 2017), as GPT-2
-        self.hook_embed = HookPoint()      # [B, T, D] token embeddings
-        self.hook_pos_embed = HookPoint()  # [B, T, D] position embeddings
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # tied unembedding (Press & Wolf 2017), as GPT-2
+        self.hook_embed = HookPoint()          # [B, T, D] token embeddings
+        if config.pos == "learned":
+            self.hook_pos_embed = HookPoint()  # [B, T, D] position embeddings
         self.apply(self._init_weights)
         # GPT-2: scale the residual projections by 1/√(2·n_layer) so the residual stream's
         # variance does not grow with depth.
@@ -217,24 +353,33 @@ class GPT(HookedModule):
                 f"(block_size={self.config.block_size}); cut it to the last {self.config.block_size} tokens"
             )
         pos = torch.arange(past, past + T, device=idx.device)
-        tok = self.hook_embed(self.wte(idx))                                   # (B, T, D)
-        pos_emb = self.hook_pos_embed(self.wpe(pos).unsqueeze(0).expand(B, T, -1))  # (B, T, D)
-        x = self.drop(tok + pos_emb)
+        x = self.hook_embed(self.wte(idx))                                       # (B, T, D)
+        if self.wpe is not None:
+            x = x + self.hook_pos_embed(self.wpe(pos).unsqueeze(0).expand(B, T, -1))  # (B, T, D)
+        rope = None
+        if self.config.pos == "rotary":  # angles of the absolute positions past .. past + T - 1
+            freqs = pos.float()[:, None] * self.rope_inv_freq.float()[None, :]  # (T, R/2)
+            emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]                  # (T, 1, R)
+            rope = (emb.cos().to(x.dtype), emb.sin().to(x.dtype))
+        x = self.drop(x)
         for l, block in enumerate(self.blocks):
-            x = block(x, kv_cache=kv_cache, layer=l)
-        return self.lm_head(self.ln_final(x))                                 # (B, T, V)
+            x = block(x, rope, kv_cache=kv_cache, layer=l)
+        return self.lm_head(self.ln_final(x))                                   # (B, T, V)
 
     # -- weights ---------------------------------------------------------------------------
 
     def state_dict_for_save(self) -> dict[str, torch.Tensor]:
-        """State dict without the tied ``lm_head.weight`` duplicate (safetensors rejects shared storage)."""
-        return {k: v.detach().contiguous() for k, v in self.state_dict().items() if k != "lm_head.weight"}
+        """State dict without a tied ``lm_head.weight`` duplicate (safetensors rejects shared storage)."""
+        tied = self.config.tie_embeddings
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items()
+                if not (tied and k == "lm_head.weight")}
 
     def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
         """Load a state dict as written by :meth:`state_dict_for_save`, with clear errors."""
         expected = self.state_dict_for_save()
+        tied = self.config.tie_embeddings
         missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected) - {"lm_head.weight"})
+        unexpected = sorted(set(tensors) - set(expected) - ({"lm_head.weight"} if tied else set()))
         if missing or unexpected:
             raise ValueError(
                 f"weights do not match this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
@@ -242,11 +387,15 @@ class GPT(HookedModule):
         for k, v in expected.items():
             if tuple(tensors[k].shape) != tuple(v.shape):
                 raise ValueError(f"weight {k!r} has shape {tuple(tensors[k].shape)}, the model expects {tuple(v.shape)}")
-        self.load_state_dict({**tensors, "lm_head.weight": tensors["wte.weight"]}, strict=True)
+        tensors = {k: t for k, t in tensors.items() if k in expected}
+        if tied:
+            tensors["lm_head.weight"] = tensors["wte.weight"]
+        self.load_state_dict(tensors, strict=True)
 
     @classmethod
     def from_hf(cls, hf_model) -> "GPT":
-        """Convert an in-memory Hugging Face ``GPT2LMHeadModel`` (same logits and patterns)."""
+        """Convert an in-memory Hugging Face causal LM (GPT-2, Llama, Qwen2, Qwen3, GPT-NeoX,
+        Mistral): same logits and attention patterns. Other architectures raise ``ValueError``."""
         from .pretrained import gpt_from_hf
 
         return gpt_from_hf(hf_model)

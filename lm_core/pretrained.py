@@ -1,20 +1,21 @@
-"""Pretrained weights: Hugging Face GPT-2 -> lm_core.GPT.
+"""Pretrained weights: Hugging Face checkpoints -> lm_core.GPT.
 
+Families: GPT-2, Llama (SmolLM2, TinyLlama, Llama 3.x), Mistral, Qwen2 / Qwen2.5, Qwen3 and
+GPT-NeoX (Pythia); how each maps onto :class:`ModelConfig` lives in :mod:`lm_core.convert`.
 Three ways in:
 
-* :func:`gpt_from_hf` converts an in-memory ``transformers.GPT2LMHeadModel`` (needs only an
-  object with GPT-2's ``config`` and ``state_dict()``; ``transformers`` itself is not imported).
+* :func:`gpt_from_hf` converts an in-memory ``transformers`` model (needs only an object with a
+  ``config`` and ``state_dict()``; ``transformers`` itself is not imported).
 * :func:`load_pretrained` with a folder (``config.json`` + ``model.safetensors`` [+
   ``tokenizer.json``], as written by ``save_pretrained`` or downloaded from the hub) reads the
   files directly with ``safetensors``: no ``transformers`` needed, no pickle.
-* :func:`load_pretrained` with a hub name (``"gpt2"``) downloads through
-  ``transformers.GPT2LMHeadModel.from_pretrained`` (the tokenizer through ``huggingface_hub``);
-  ``transformers`` is an optional extra. A model downloaded before loads from the cache with no
-  network; with no network and no cache it fails within seconds, not after the hub's retries.
-
-Hugging Face stores GPT-2's projections as ``Conv1D`` weights ``[in, out]``; ``nn.Linear``
-wants ``[out, in]``, so they are transposed. The q/k/v split of ``c_attn`` and the head order
-are the same in both, so patterns match head for head.
+* :func:`load_pretrained` with a hub name (``"gpt2"``, ``"EleutherAI/pythia-70m"``) and an
+  optional ``revision`` (a branch such as Pythia's ``"step1000"``, a tag or a commit) downloads
+  through ``transformers.AutoModelForCausalLM.from_pretrained`` (the tokenizer through
+  ``huggingface_hub``); ``transformers`` is an optional extra. The architecture is checked from
+  ``config.json`` first, so an unsupported one is refused before any weights are fetched. A
+  model downloaded before loads from the cache with no network; with no network and no cache
+  it fails within seconds, not after the hub's retries.
 """
 
 from __future__ import annotations
@@ -23,118 +24,20 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import torch
 
-from .config import ModelConfig
+from .convert import FAMILIES, build, config_from_hf, gpt_from_hf
 from .model import GPT
 from .tokenizers import BPETokenizer
 
-__all__ = ["config_from_hf", "gpt_from_hf", "load_pretrained", "TRANSFORMERS_PIN"]
+__all__ = ["FAMILIES", "config_from_hf", "gpt_from_hf", "load_pretrained", "TRANSFORMERS_PIN"]
 
 log = logging.getLogger(__name__)
 
 TRANSFORMERS_PIN = "transformers==5.23.0"
-
-_ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
-
-# GPT2Config's defaults: a config.json written by save_pretrained may leave these out.
-_GPT2_DEFAULTS: dict[str, Any] = {
-    "model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12,
-    "n_head": 12, "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
-    "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
-    "reorder_and_upcast_attn": False, "add_cross_attention": False, "tie_word_embeddings": True,
-}
-
-
-def _get(hf_config, key: str) -> Any:
-    """A field of a ``GPT2Config`` or of its ``config.json`` dict, with GPT-2's default."""
-    if isinstance(hf_config, Mapping):
-        value = hf_config.get(key, _GPT2_DEFAULTS[key])
-    else:
-        value = getattr(hf_config, key, _GPT2_DEFAULTS[key])
-    return _GPT2_DEFAULTS[key] if value is None and key != "n_inner" else value
-
-
-def config_from_hf(hf_config) -> ModelConfig:
-    """ModelConfig from a ``transformers.GPT2Config`` or its ``config.json`` as a dict.
-
-    Refuses, with a ``ValueError`` naming the field, GPT-2 variants this model cannot express
-    (another activation, a custom MLP width, cross-attention, untied unembedding, other
-    attention scalings).
-    """
-    model_type = _get(hf_config, "model_type")
-    if model_type != "gpt2":
-        raise ValueError(f"model_type {model_type!r} is not GPT-2; only GPT-2-layout models can be imported")
-    act = _get(hf_config, "activation_function")
-    if act not in _ACTIVATIONS:
-        raise ValueError(f"GPT-2 activation {act!r} is not supported; expected one of {sorted(_ACTIVATIONS)}")
-    n_embd, n_inner = int(_get(hf_config, "n_embd")), _get(hf_config, "n_inner")
-    if n_inner is not None and int(n_inner) != 4 * n_embd:
-        raise ValueError(f"n_inner={n_inner} is not supported: this model's MLP is 4 x n_embd = {4 * n_embd} wide")
-    if _get(hf_config, "scale_attn_by_inverse_layer_idx") or _get(hf_config, "reorder_and_upcast_attn"):
-        raise ValueError("GPT-2 variants with scale_attn_by_inverse_layer_idx or reorder_and_upcast_attn are not supported")
-    if not _get(hf_config, "scale_attn_weights"):
-        raise ValueError("GPT-2 configs with scale_attn_weights=False are not supported")
-    if _get(hf_config, "add_cross_attention"):
-        raise ValueError("GPT-2 configs with add_cross_attention=True (encoder-decoder) are not supported")
-    if not _get(hf_config, "tie_word_embeddings"):
-        raise ValueError("GPT-2 configs with tie_word_embeddings=False are not supported: this model ties lm_head to wte")
-    return ModelConfig(
-        vocab_size=int(_get(hf_config, "vocab_size")), block_size=int(_get(hf_config, "n_positions")),
-        n_layer=int(_get(hf_config, "n_layer")), n_head=int(_get(hf_config, "n_head")), n_embd=n_embd,
-        dropout=0.0, bias=True, gelu_approximate=_ACTIVATIONS[act],
-        layer_norm_eps=float(_get(hf_config, "layer_norm_epsilon")),
-    )
-
-
-def _convert_state_dict(sd: Mapping[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Hugging Face GPT-2 tensor names -> ours (``transformer.`` prefix optional, as in hub files)."""
-    sd = {(k[len("transformer."):] if k.startswith("transformer.") else k): v.detach().float().cpu()
-          for k, v in sd.items()}
-    pairs = {"wte.weight": "wte.weight", "wpe.weight": "wpe.weight",
-             "ln_final.weight": "ln_f.weight", "ln_final.bias": "ln_f.bias"}
-    conv = {}
-    for l in range(cfg.n_layer):
-        src, dst = f"h.{l}.", f"blocks.{l}."
-        for ln in ("ln_1", "ln_2"):
-            pairs[f"{dst}{ln}.weight"] = f"{src}{ln}.weight"
-            pairs[f"{dst}{ln}.bias"] = f"{src}{ln}.bias"
-        for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-            conv[f"{dst}{name}.weight"] = f"{src}{name}.weight"  # Conv1D [in, out]
-            pairs[f"{dst}{name}.bias"] = f"{src}{name}.bias"
-    missing = sorted(v for v in [*pairs.values(), *conv.values()] if v not in sd)
-    if missing:
-        raise ValueError(
-            f"the GPT-2 weights lack {len(missing)} tensor(s), e.g. {missing[:3]}; "
-            f"is this a GPT-2 checkpoint with n_layer={cfg.n_layer}?"
-        )
-    head = sd.get("lm_head.weight")
-    if head is not None and not torch.equal(head, sd["wte.weight"]):
-        raise ValueError("lm_head.weight differs from wte.weight: untied GPT-2 variants are not supported")
-    out = {ours: sd[theirs] for ours, theirs in pairs.items()}
-    out.update({ours: sd[theirs].t().contiguous() for ours, theirs in conv.items()})  # -> [out, in]
-    return out
-
-
-def _build(cfg: ModelConfig, sd: Mapping[str, torch.Tensor]) -> GPT:
-    model = GPT(cfg)
-    model.load_weights(_convert_state_dict(sd, cfg))
-    return model.eval()
-
-
-def gpt_from_hf(hf_model) -> GPT:
-    """Convert a ``transformers.GPT2LMHeadModel`` into an equivalent :class:`GPT` (eval mode).
-
-    Same logits and attention patterns (float32, CPU); the Hugging Face model is not modified.
-    """
-    cfg = config_from_hf(hf_model.config)
-    return _build(cfg, hf_model.state_dict())
-
 
 # -- loading ------------------------------------------------------------------------------
 
@@ -188,9 +91,9 @@ def _load_folder(folder: Path) -> tuple[GPT, BPETokenizer | None]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{str(cfg_file)!r} is not valid JSON: {e}") from e
     if not isinstance(hf_cfg, dict):
-        raise ValueError(f"{str(cfg_file)!r} must hold a JSON object (a GPT2Config)")
+        raise ValueError(f"{str(cfg_file)!r} must hold a JSON object (a transformers config)")
     cfg = config_from_hf(hf_cfg)
-    return _build(cfg, _read_safetensors(folder)), _folder_tokenizer(folder)
+    return build(cfg, _read_safetensors(folder), hf_cfg.get("model_type")), _folder_tokenizer(folder)
 
 
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
@@ -216,23 +119,24 @@ def _hub_unreachable(timeout: float = 5.0) -> str | None:
     return None
 
 
-def _hub_tokenizer(name: str, local_only: bool) -> BPETokenizer:
+def _hub_tokenizer(name: str, local_only: bool, revision: str | None = None) -> BPETokenizer:
     """The repo's ``tokenizer.json``, else GPT-2's ``vocab.json`` + ``merges.txt``, via the hub cache."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
+    kw = dict(local_files_only=local_only, revision=revision)
     try:
-        return BPETokenizer.from_hf_json(hf_hub_download(name, "tokenizer.json", local_files_only=local_only))
+        return BPETokenizer.from_hf_json(hf_hub_download(name, "tokenizer.json", **kw))
     except EntryNotFoundError:
-        vocab = hf_hub_download(name, "vocab.json", local_files_only=local_only)
-        hf_hub_download(name, "merges.txt", local_files_only=local_only)
+        vocab = hf_hub_download(name, "vocab.json", **kw)
+        hf_hub_download(name, "merges.txt", **kw)
         tok = _folder_tokenizer(Path(vocab).parent)
         if tok is None:
             raise ValueError(f"{name!r} on the hub has neither tokenizer.json nor vocab.json + merges.txt")
         return tok
 
 
-def _load_hub(name: str) -> tuple[GPT, BPETokenizer]:
+def _load_hub(name: str, revision: str | None = None) -> tuple[GPT, BPETokenizer]:
     try:
         import transformers
     except ImportError:
@@ -242,25 +146,42 @@ def _load_hub(name: str) -> tuple[GPT, BPETokenizer]:
         ) from None
     from huggingface_hub import constants
 
+    at = f"{name!r}" + (f" at revision {revision!r}" if revision else "")
+
     def fetch(local_only: bool):
-        hf_model = transformers.GPT2LMHeadModel.from_pretrained(name, local_files_only=local_only)
-        return hf_model, _hub_tokenizer(name, local_only)
+        kw = dict(revision=revision, local_files_only=local_only)
+        hf_cfg = transformers.AutoConfig.from_pretrained(name, **kw)
+        config_from_hf(hf_cfg)  # an unsupported architecture is refused before the weights come
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(name, **kw)
+        return hf_model, _hub_tokenizer(name, local_only, revision)
 
     try:  # downloaded before: load from the cache, no network, no waiting
         hf_model, tok = fetch(local_only=True)
+    except ValueError as e:
+        if "not supported" in str(e):
+            raise
+        hf_model = None
     except Exception:  # not (all) in the cache; the hub raises many types
+        hf_model = None
+    if hf_model is None:
         if constants.HF_HUB_OFFLINE:
-            raise ValueError(f"{name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; unset it "
+            raise ValueError(f"{at} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; unset it "
                              f"to download, or give a local folder with config.json and model.safetensors") from None
         why = _hub_unreachable()
         if why is not None:
-            raise ValueError(f"could not reach the Hugging Face hub at {why} to download {name!r}; check the "
+            raise ValueError(f"could not reach the Hugging Face hub at {why} to download {at}; check the "
                              f"network, or give a local folder with config.json and model.safetensors") from None
         try:
             hf_model, tok = fetch(local_only=False)
-        except Exception as e:  # network, unknown repo, not GPT-2: the hub raises many types
+        except ValueError as e:
+            if "not supported" in str(e):
+                raise ValueError(f"{name!r}: {e}") from None
+            raise ValueError(f"could not load {at} from the Hugging Face hub ({type(e).__name__}: {e}); check "
+                             f"the name and the network, or give a local folder with config.json and "
+                             f"model.safetensors") from e
+        except Exception as e:  # network, unknown repo or revision: the hub raises many types
             raise ValueError(
-                f"could not load {name!r} from the Hugging Face hub ({type(e).__name__}: {e}); check the name "
+                f"could not load {at} from the Hugging Face hub ({type(e).__name__}: {e}); check the name "
                 f"and the network, or give a local folder with config.json and model.safetensors"
             ) from e
     return gpt_from_hf(hf_model), tok
@@ -270,25 +191,32 @@ def _looks_like_path(s: str) -> bool:
     return s.startswith(("/", "./", "../", "~", "\\")) or (len(s) > 1 and s[1] == ":")
 
 
-def load_pretrained(name_or_path: str) -> tuple[GPT, BPETokenizer | None]:
-    """A GPT-2-layout model and its tokenizer: ``(model in eval mode, tokenizer)``.
+def load_pretrained(name_or_path: str, revision: str | None = None) -> tuple[GPT, BPETokenizer | None]:
+    """A model of a supported family and its tokenizer: ``(model in eval mode, tokenizer)``.
 
     ``name_or_path`` is a local folder holding ``config.json`` and ``model.safetensors`` (plus
     ``tokenizer.json``, or GPT-2's ``vocab.json`` + ``merges.txt``; without them the tokenizer
-    is None), or a Hugging Face hub name such as ``"gpt2"`` (downloads; needs ``transformers``).
-    Anything that cannot be loaded raises ``ValueError`` saying what to do.
+    is None), or a Hugging Face hub name such as ``"gpt2"`` or ``"HuggingFaceTB/SmolLM2-135M"``
+    (downloads; needs ``transformers``). ``revision`` picks a branch, tag or commit of a hub
+    repo (Pythia's training checkpoints are branches ``"step0"`` .. ``"step143000"``, see
+    :mod:`lm_core.checkpoints`). Anything that cannot be loaded raises ``ValueError`` saying
+    what to do; an architecture outside the supported families is named.
     """
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise ValueError(f"give a model folder or a hub name such as 'gpt2', got {name_or_path!r}")
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        raise ValueError(f"revision must be a branch, tag or commit name such as 'step1000', got {revision!r}")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
+        if revision is not None:
+            raise ValueError(f"{name_or_path!r} is a local folder: it has no revisions (revision={revision!r})")
         model, tok = _load_folder(path)
     elif path.exists():
         raise ValueError(f"{name_or_path!r} is a file; give the folder that holds config.json and model.safetensors")
     elif _looks_like_path(name_or_path):
         raise ValueError(f"folder {name_or_path!r} does not exist; check the path")
     else:
-        model, tok = _load_hub(name_or_path)
+        model, tok = _load_hub(name_or_path, revision)
     if tok is not None and tok.vocab_size > model.config.vocab_size:
         raise ValueError(
             f"the tokenizer has {tok.vocab_size} tokens but the model only {model.config.vocab_size} "

@@ -66,8 +66,8 @@ def test_config_from_hf_refuses_unsupported_variants():
         config_from_hf(transformers.GPT2Config(n_inner=32, **base))
     with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx"):
         config_from_hf(transformers.GPT2Config(scale_attn_by_inverse_layer_idx=True, **base))
-    with pytest.raises(ValueError, match="model_type 'llama'"):
-        config_from_hf({"model_type": "llama"})
+    with pytest.raises(ValueError, match="model_type 'bert' is not supported: LM Lens converts GPT-2, Llama"):
+        config_from_hf({"model_type": "bert"})
     # a config.json dict that leaves GPT-2 defaults out gets them
     cfg = config_from_hf({"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 16})
     assert (cfg.vocab_size, cfg.block_size, cfg.gelu_approximate, cfg.layer_norm_eps) == (50257, 1024, "tanh", 1e-5)
