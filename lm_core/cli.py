@@ -5,6 +5,9 @@ Examples::
     python -m lm_core train --preset nanogpt-cpu --out runs/shakespeare
     python -m lm_core train --corpus builtin:python-docs --n-layer 2 --max-steps 500 --out runs/py
     python -m lm_core train --out runs/shakespeare --resume          # continue exactly
+    python -m lm_core train --preset llama-cpu --out runs/llama      # RMSNorm, rotary, SwiGLU, GQA
+    python -m lm_core train --init-from gpt2 --corpus tiny-shakespeare --block-size 128 \
+        --freeze all-but-last:2 --lr 3e-5 --max-steps 200 --out runs/gpt2-shakespeare   # fine-tune
     torchrun --standalone --nproc_per_node 2 -m lm_core train --preset nanogpt-cpu --out runs/ddp
     python -m lm_core sample --run runs/shakespeare --prompt "ROMEO:" --max-new-tokens 200
 
@@ -46,7 +49,11 @@ class _Parser(argparse.ArgumentParser):
 
 # flag -> (config, field); None = not a config field
 _MODEL_FLAGS = {"n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd", "block_size": "block_size",
-                "dropout": "dropout", "bias": "bias"}
+                "dropout": "dropout", "bias": "bias", "norm": "norm", "pos": "pos", "rope_base": "rope_base",
+                "rotary_pct": "rotary_pct", "mlp": "mlp", "d_mlp": "d_mlp", "n_kv_head": "n_kv_head",
+                "d_head": "d_head", "parallel_residual": "parallel_residual", "qk_norm": "qk_norm",
+                "sliding_window": "sliding_window", "tie_embeddings": "tie_embeddings",
+                "qkv_bias": "qkv_bias", "attn_bias": "attn_bias", "mlp_bias": "mlp_bias", "norm_bias": "norm_bias"}
 _TRAIN_FLAGS = {"batch_size": "batch_size", "lr": "learning_rate", "max_steps": "max_steps",
                 "warmup_steps": "warmup_steps", "min_lr": "min_lr", "weight_decay": "weight_decay",
                 "beta1": "beta1", "beta2": "beta2",
@@ -64,6 +71,16 @@ def _bool(s: str) -> bool:
     if s.lower() in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def _freeze(s: str) -> str | None:
+    from .config import parse_freeze
+
+    try:
+        parse_freeze(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return None if s == "none" else s
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +102,35 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n-embd", type=int)
     t.add_argument("--block-size", type=int)
     t.add_argument("--dropout", type=float)
-    t.add_argument("--bias", type=_bool)
+    t.add_argument("--bias", type=_bool, help="biases everywhere (default true); the flags below override parts")
+    lay = t.add_argument_group("layout", "the switches of today's open models (default: GPT-2's layout); "
+                                         "e.g. Llama: --norm rmsnorm --pos rotary --mlp swiglu --n-kv-head 2 "
+                                         "--bias false --tie-embeddings false")
+    lay.add_argument("--norm", choices=["layernorm", "rmsnorm"])
+    lay.add_argument("--pos", choices=["learned", "rotary", "none"], help="position signal")
+    lay.add_argument("--rope-base", type=float, help="rotary wavelength base (default 10000)")
+    lay.add_argument("--rotary-pct", type=float, help="share of each head rotary rotates (default 1.0)")
+    lay.add_argument("--mlp", choices=["gelu", "swiglu"])
+    lay.add_argument("--d-mlp", type=int, help="MLP hidden width (default 4 x n_embd)")
+    lay.add_argument("--n-kv-head", type=int, help="key/value heads: n_head multi-head, fewer grouped-query, 1 multi-query")
+    lay.add_argument("--d-head", type=int, help="size of each head (default n_embd / n_head)")
+    lay.add_argument("--parallel-residual", type=_bool, help="attention and MLP read the same input (GPT-NeoX)")
+    lay.add_argument("--qk-norm", type=_bool, help="RMSNorm on each head's q and k (Qwen3)")
+    lay.add_argument("--sliding-window", type=int, help="each query sees at most this many recent positions")
+    lay.add_argument("--tie-embeddings", type=_bool, help="lm_head shares the token embedding (default true)")
+    lay.add_argument("--attn-bias", type=_bool, help="biases of q/k/v and the attention output (default: --bias)")
+    lay.add_argument("--qkv-bias", type=_bool, help="biases of q/k/v only (default: --attn-bias)")
+    lay.add_argument("--mlp-bias", type=_bool, help="biases of the MLP (default: --bias)")
+    lay.add_argument("--norm-bias", type=_bool, help="LayerNorm biases (default: --bias; RMSNorm has none)")
+    ft = t.add_argument_group("fine-tuning", "start from a pretrained model instead of random weights")
+    ft.add_argument("--init-from", metavar="NAME_OR_FOLDER",
+                    help="a hub name (gpt2, HuggingFaceTB/SmolLM2-135M, EleutherAI/pythia-70m, …) or a folder "
+                         "with config.json + model.safetensors + tokenizer.json; its tokenizer is used")
+    ft.add_argument("--revision", help="hub branch, tag or commit of --init-from (e.g. Pythia's step1000)")
+    ft.add_argument("--freeze", type=_freeze, metavar="WHAT",
+                    help="parameters that do not train: embeddings (token and position embeddings; tied, the "
+                         "unembedding too) or all-but-last:K (only the last K blocks, the final norm and an "
+                         "untied lm_head train)")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--min-lr", type=float)
@@ -238,6 +283,12 @@ def _graceful_stop(trainer, distributed: bool):
             signal.signal(s, h)
 
 
+def baselines_line(baselines: list[dict[str, Any]]) -> str:
+    """One line: ``baseline val loss: unigram 3.29 · bigram Markov chain 2.47 · … (nats/token)``."""
+    return ("baseline val loss: " + " · ".join(f"{b['name']} {b['val_loss']:.2f}" for b in baselines)
+            + " (nats/token)")
+
+
 def _given(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
     return {field: getattr(args, flag) for flag, field in mapping.items() if getattr(args, flag) is not None}
 
@@ -257,8 +308,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = build_trainer(args.corpus, args.tokenizer, preset=args.preset,
                                 model_overrides=_given(args, _MODEL_FLAGS), train_overrides=train_over,
                                 run_dir=out, resume=args.resume, overwrite=args.overwrite,
-                                vocab_size=args.vocab_size)
+                                vocab_size=args.vocab_size, init_from=args.init_from, revision=args.revision,
+                                freeze=args.freeze)
         show = rank == 0 and not args.quiet
+        if show and trainer.baselines:
+            print(baselines_line(trainer.baselines), flush=True)
         progress = _Progress(trainer.config.max_steps, trainer.step_count, show)
         trainer.on_step.append(progress.on_step)
         trainer.on_eval.append(progress.on_eval)

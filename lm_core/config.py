@@ -244,6 +244,28 @@ class ModelConfig(_Config):
         return emb + self.n_layer * (2 * norm + attn + mlp) + norm
 
 
+FREEZE_CHOICES = ("embeddings", "all-but-last:K")
+
+
+def parse_freeze(spec: str | None) -> tuple[str, int] | None:
+    """``None`` / "none" -> None; "embeddings" -> ("embeddings", 0); "all-but-last:K" -> ("all-but-last", K).
+
+    "embeddings" freezes the token (and learned position) embeddings; with tied embeddings that
+    is the unembedding too. "all-but-last:K" freezes everything but the last K blocks, the final
+    norm and an untied ``lm_head`` (K=0: only those train). Anything else raises ``ValueError``.
+    """
+    if spec is None or spec == "none":
+        return None
+    if spec == "embeddings":
+        return ("embeddings", 0)
+    if isinstance(spec, str) and spec.startswith("all-but-last:"):
+        k = spec.split(":", 1)[1]
+        if k.isdigit():
+            return ("all-but-last", int(k))
+    raise ValueError(f"freeze must be 'embeddings', 'all-but-last:K' (K blocks at the top keep training, "
+                     f"e.g. all-but-last:2) or none, got {spec!r}")
+
+
 @dataclass(frozen=True)
 class TrainConfig(_Config):
     """Optimisation settings (AdamW, linear warmup then cosine decay to ``min_lr``).
@@ -279,6 +301,9 @@ class TrainConfig(_Config):
     save_best: bool = True          # keep best.safetensors, the weights at the best val loss
     keep_resume_state: bool = True  # False: delete resume.safetensors once the run finishes
     precision: str = "auto"         # auto (bf16 autocast on a CUDA GPU that has it, else fp32) | fp32 | bf16
+    init_from: str | None = None    # fine-tuning: the pretrained model (hub name or folder) the run started from
+    init_revision: str | None = None  # its hub revision (branch, tag or commit), if one was asked for
+    freeze: str | None = None       # None | "embeddings" | "all-but-last:K": parameters that do not train
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_steps", "eval_interval", "eval_iters", "log_interval",
@@ -312,6 +337,13 @@ class TrainConfig(_Config):
             _require_int("num_threads", self.num_threads)
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        for name in ("init_from", "init_revision"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, str) or not v.strip()):
+                raise ValueError(f"{name} must be a model name or folder (a non-empty string) or null, got {v!r}")
+        if self.init_revision is not None and self.init_from is None:
+            raise ValueError("init_revision picks a revision of init_from's model; set init_from too")
+        parse_freeze(self.freeze)
         if self.schedule not in ("steps", "time"):
             raise ValueError(f"schedule must be 'steps' or 'time', got {self.schedule!r}")
         if self.schedule == "time" and self.max_seconds is None:

@@ -33,6 +33,16 @@ PRESETS: dict[str, Preset] = {
         train=dict(batch_size=12, learning_rate=1e-3, max_steps=2000, warmup_steps=100, min_lr=1e-4,
                    eval_interval=250, eval_iters=20),
     ),
+    "llama-cpu": Preset(
+        description="nanogpt-cpu's size and recipe in Llama's layout: RMSNorm, rotary positions, a SwiGLU MLP "
+                    "(384 wide), grouped-query attention (4 query heads share 2 key/value heads), no biases, "
+                    "an untied unembedding; 0.80 M parameters like nanogpt-cpu's 0.81 M",
+        corpus="tiny-shakespeare",
+        model=dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, norm="rmsnorm", pos="rotary",
+                   mlp="swiglu", d_mlp=384, n_kv_head=2, bias=False, tie_embeddings=False),
+        train=dict(batch_size=12, learning_rate=1e-3, max_steps=2000, warmup_steps=100, min_lr=1e-4,
+                   eval_interval=250, eval_iters=20),
+    ),
     "quick": Preset(
         description="the best val loss on Tiny Shakespeare in 60 s on 2 CPU cores: one layer × 4 heads × 128 "
                     "(a deeper model learns more per step but takes too few steps in a minute), batch 16, "
@@ -61,6 +71,14 @@ PRESETS: dict[str, Preset] = {
                     "with a drop in the loss, in about a minute on 2 CPU cores",
         corpus="synthetic:induction",
         model=dict(n_layer=2, n_head=4, n_embd=64, block_size=32, dropout=0.0),
+        train=dict(batch_size=32, learning_rate=3e-3, max_steps=4000, warmup_steps=50, min_lr=3e-4,
+                   eval_interval=200, eval_iters=10, weight_decay=0.0, sample_tokens=64),
+    ),
+    "induction-rotary": Preset(
+        description="the induction preset with rotary positions (RoPE) instead of a learned position table: "
+                    "the previous-token head reads relative position straight from q·k",
+        corpus="synthetic:induction",
+        model=dict(n_layer=2, n_head=4, n_embd=64, block_size=32, dropout=0.0, pos="rotary"),
         train=dict(batch_size=32, learning_rate=3e-3, max_steps=4000, warmup_steps=50, min_lr=3e-4,
                    eval_interval=200, eval_iters=10, weight_decay=0.0, sample_tokens=64),
     ),

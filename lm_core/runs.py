@@ -67,6 +67,7 @@ RESUME_FILE = "resume.safetensors"
 BEST_FILE = "best.safetensors"
 STATUS_FILE = "status.json"
 CONTROL_FILE = "control.json"
+BASELINES_FILE = "baselines.json"  # n-gram baselines of the run's text (lm_core.ngram.baseline_losses)
 SNAPSHOT_DIR = "snapshots"
 MAX_SNAPSHOTS = 20
 
@@ -424,6 +425,24 @@ def head_scores_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=HEAD_SCORE_COLUMNS)
 
 
+def read_baselines(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The n-gram baselines saved with a run (``baselines.json``, or a run folder holding it):
+    rows ``{"n", "name", "val_loss", "val_bpc", …}`` as :func:`lm_core.ngram.baseline_losses`
+    returns them, ascending in ``n``; ``[]`` when the run has none (older runs, huge texts)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / BASELINES_FILE
+    if not path.exists():
+        return []
+    data = read_json(path, "baselines file")
+    if not isinstance(data, list) or not all(
+            isinstance(b, dict) and isinstance(b.get("n"), int) and isinstance(b.get("name"), str)
+            and isinstance(b.get("val_loss"), (int, float)) for b in data):
+        raise _unreadable(path, "baselines file",
+                          "expected a JSON list of {\"n\": int, \"name\": str, \"val_loss\": number, …}")
+    return data
+
+
 def read_head_scores(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -454,6 +473,8 @@ class Run:
     step: int              # the step of the weights in ``model`` (the last checkpoint)
     head_scores: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=HEAD_SCORE_COLUMNS))
     # ^ probe head scores at each evaluation (step, kind, layer, head, value); see Trainer
+    baselines: list[dict[str, Any]] = field(default_factory=list)
+    # ^ n-gram baselines of the run's text (unigram .. 4-gram val loss); see read_baselines
 
     @property
     def status(self) -> str:
@@ -503,7 +524,8 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     except ValueError as e:
         msg = str(e)
         raise ValueError(msg if str(tok_path) in msg else f"{tok_path}: {msg}") from None
-    if tokenizer.vocab_size != config.model.vocab_size:
+    padded = config.train.init_from is not None and tokenizer.vocab_size < config.model.vocab_size
+    if tokenizer.vocab_size != config.model.vocab_size and not padded:  # a pretrained table may be padded
         raise ValueError(f"{tok_path} has {tokenizer.vocab_size} tokens but the model in "
                          f"{path / CONFIG_FILE} expects {config.model.vocab_size}; the files are from different runs")
     model, meta = _model_from_file(config.model, path / MODEL_FILE)
@@ -515,7 +537,8 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         step = int(config.status.get("checkpoint_step", 0))
     head_scores = head_scores_frame(read_head_scores(path / HEAD_SCORES_FILE))
     return Run(path=path, config=config, model=model, tokenizer=tokenizer, history=history,
-               samples=samples, snapshots=list_snapshot_steps(path), step=step, head_scores=head_scores)
+               samples=samples, snapshots=list_snapshot_steps(path), step=step, head_scores=head_scores,
+               baselines=read_baselines(path / BASELINES_FILE))
 
 
 @dataclass

@@ -210,6 +210,9 @@ def test_progress_lines_when_not_a_terminal(corpus, tmp_path, capsys):
     assert main(["train", "--corpus", corpus, *[a for a in SMALL if a != "--quiet"], "--max-steps", "100",
                  "--eval-interval", "50", "--out", str(tmp_path / "r")]) == 0
     lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("baseline val loss: unigram ") and "4-gram" in lines[0]
+    assert lines[0].endswith("(nats/token)")
+    lines = lines[1:]
     assert [ln.split(":")[0] for ln in lines[:3]] == ["step 0", "step 50", "step 100"]
     assert "val loss" in lines[0] and "train loss" not in lines[0]          # the untrained model
     assert "val loss" in lines[1] and "tok/s" in lines[1] and "ETA" in lines[1]
@@ -233,3 +236,59 @@ def test_preset_values_match_the_recipes():
     assert t.max_seconds == 60 and t.schedule == "time"
     with pytest.raises(ValueError, match="unknown preset"):
         preset_configs("huge", 66)
+
+
+# -- layout switches, baselines ---------------------------------------------------------------
+
+LLAMA_FLAGS = ["--norm", "rmsnorm", "--pos", "rotary", "--rope-base", "500", "--mlp", "swiglu", "--d-mlp", "96",
+               "--n-kv-head", "1", "--tie-embeddings", "false", "--bias", "false", "--qkv-bias", "true"]
+
+
+def test_layout_flags_reach_the_config_and_resume_with_the_same_flags(corpus, tmp_path, capsys):
+    out = tmp_path / "llama"
+    common = ["train", "--corpus", corpus, *SMALL, *LLAMA_FLAGS, "--out", str(out)]
+    assert main([*common, "--max-steps", "20"]) == 0
+    m = load_run(out).config.model
+    assert (m.norm, m.pos, m.rope_base, m.mlp, m.d_mlp, m.n_kv_head, m.tie_embeddings, m.bias, m.qkv_bias) == \
+        ("rmsnorm", "rotary", 500.0, "swiglu", 96, 1, False, False, True)
+    assert main([*common, "--max-steps", "30", "--resume"]) == 0          # the same flags: accepted
+    assert load_run(out).step == 30
+    assert main([*common[:-2], "--pos", "learned", "--out", str(out), "--max-steps", "40", "--resume"]) == 1
+    assert "pos: 'rotary' → 'learned'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--norm", "batchnorm"], "argument --norm: invalid choice"),
+    (["--n-kv-head", "3"], "n_kv_head (3) must divide n_head (2)"),
+    (["--rotary-pct", "2"], "rotary_pct must be in"),
+    (["--tie-embeddings", "maybe"], "expected true or false"),
+    (["--norm", "rmsnorm", "--norm-bias", "true"], "RMSNorm has no bias"),
+    (["--freeze", "the-middle"], "freeze must be"),
+    (["--revision", "step1000"], "give --init-from too"),
+])
+def test_bad_layout_flags_are_one_line(corpus, tmp_path, capsys, flags, message):
+    rc = main(["train", "--corpus", corpus, *SMALL, *flags, "--max-steps", "2", "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert rc != 0 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_baselines_are_saved_and_quiet_prints_none(corpus, tmp_path, capsys):
+    from lm_core.runs import read_baselines
+
+    assert main(["train", "--corpus", corpus, *SMALL, "--max-steps", "2", "--out", str(tmp_path / "q")]) == 0
+    assert "baseline val loss" not in capsys.readouterr().out            # --quiet
+    run = load_run(tmp_path / "q")
+    assert [b["n"] for b in run.baselines] == [1, 2, 3, 4] == [b["n"] for b in read_baselines(tmp_path / "q")]
+    assert run.baselines[0]["val_loss"] > run.baselines[3]["val_loss"]   # a 4-gram beats a unigram
+
+
+def test_llama_cpu_preset_matches_nanogpt_cpu_in_size_and_recipe():
+    n, tn = preset_configs("nanogpt-cpu", 65)
+    m, tm = preset_configs("llama-cpu", 65)
+    assert (m.norm, m.pos, m.mlp, m.kv_heads, m.use_qkv_bias, m.use_mlp_bias) == ("rmsnorm", "rotary", "swiglu", 2,
+                                                                                   False, False)
+    assert abs(m.n_params - n.n_params) / n.n_params < 0.02
+    assert tm == tn and (m.n_layer, m.n_head, m.n_embd, m.block_size) == (n.n_layer, n.n_head, n.n_embd, n.block_size)
+    r, tr = preset_configs("induction-rotary", 30)
+    i, ti = preset_configs("induction", 30)
+    assert r.pos == "rotary" and r.replace(pos="learned") == i and tr == ti

@@ -143,6 +143,11 @@ class RunFolder:
         if self.is_main:
             R.atomic_write_json(self.path / R.HEAD_SCORES_FILE, records, fsync=False)
 
+    def write_baselines(self, baselines: list[dict[str, Any]]) -> None:
+        """baselines.json: the n-gram baselines of the run's text (see :func:`lm_core.runs.read_baselines`)."""
+        if self.is_main:
+            R.atomic_write_json(self.path / R.BASELINES_FILE, baselines, fsync=False)
+
     def save_snapshot(self, step: int, weights: dict[str, torch.Tensor]) -> None:
         if self.is_main:
             R.save_safetensors(R.snapshot_path(self.path, step), weights, {"step": str(step)})
@@ -236,7 +241,8 @@ def clear_run(run_dir: str | os.PathLike[str]) -> None:
     """Remove the files a run writes (and only those) from ``run_dir``: ``--overwrite``."""
     d = Path(run_dir)
     for name in (R.CONFIG_FILE, R.MODEL_FILE, R.TOKENIZER_FILE, R.HISTORY_FILE, R.SAMPLES_FILE,
-                 R.HEAD_SCORES_FILE, R.RESUME_FILE, R.BEST_FILE, R.STATUS_FILE, R.CONTROL_FILE):
+                 R.HEAD_SCORES_FILE, R.RESUME_FILE, R.BEST_FILE, R.STATUS_FILE, R.CONTROL_FILE,
+                 R.BASELINES_FILE):
         (d / name).unlink(missing_ok=True)
     for step in R.list_snapshot_steps(d):
         R.snapshot_path(d, step).unlink(missing_ok=True)

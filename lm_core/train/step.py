@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import TrainConfig
+from ..config import TrainConfig, parse_freeze
 from ..data import TRAIN_STREAM, VAL_STREAM, get_batch, stream_seed
 from ..model import GPT
 from .dist import Ranks
@@ -97,6 +97,36 @@ def layer_groups(model: GPT) -> dict[str, list[str]]:
     return groups
 
 
+def apply_freeze(model: GPT, spec: str | None) -> list[str]:
+    """Set ``requires_grad`` by ``TrainConfig.freeze`` (see :func:`lm_core.config.parse_freeze`)
+    and return the names of the frozen parameters. ``None`` leaves the model as it is.
+
+    Frozen parameters get no gradient and are not in the optimizer; their groups' gradient
+    norms and update ratios in the history are 0.
+    """
+    what = parse_freeze(spec)
+    if what is None:
+        return [n for n, p in model.named_parameters() if not p.requires_grad]
+    kind, k = what
+    L = model.config.n_layer
+    if kind == "all-but-last" and k > L:
+        raise ValueError(f"freeze={spec!r} keeps {k} blocks training but the model has only {L}; "
+                         f"use all-but-last:{L} or less")
+    frozen = []
+    for name, p in model.named_parameters():  # a tied lm_head.weight is wte.weight, listed once
+        top = name.split(".")[0]
+        if kind == "embeddings":
+            train = top not in ("wte", "wpe")
+        else:
+            train = top in ("ln_final", "lm_head") or (top == "blocks" and int(name.split(".")[1]) >= L - k)
+        p.requires_grad_(train)
+        if not train:
+            frozen.append(name)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"freeze={spec!r} leaves nothing to train in this model")
+    return frozen
+
+
 def is_oom(e: BaseException) -> bool:
     oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
                                   getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None)
@@ -142,10 +172,11 @@ class Stepper:
     def __init__(self, model: GPT, tc: TrainConfig, device: torch.device, ranks: Ranks,
                  train_ids: torch.Tensor, val_ids: torch.Tensor, weights_lock: threading.RLock) -> None:
         self.model, self.tc, self.device, self.ranks = model, tc, device, ranks
-        self.net = ranks.wrap(model)
         self.train_ids, self.val_ids = train_ids, val_ids
         self.weights_lock = weights_lock  # held while the optimizer writes the weights
         self.amp_dtype = autocast_dtype(tc.precision, device)
+        self.frozen = apply_freeze(model, tc.freeze)  # before DDP and the optimizer see the parameters
+        self.net = ranks.wrap(model)
         self.optimizer, self.params = make_optimizer(model, tc, device)
         named = dict(model.named_parameters())
         self.groups = {g: [named[n] for n in names] for g, names in layer_groups(model).items()}

@@ -106,7 +106,9 @@ class Trainer:
         if not isinstance(config, TrainConfig):
             raise ValueError(f"Trainer needs a TrainConfig, got {type(config).__name__}")
         vs = getattr(tokenizer, "vocab_size", None)
-        if vs != model.config.vocab_size:
+        # a pretrained model may have more embeddings than its tokenizer has tokens (padded tables)
+        if vs != model.config.vocab_size and not (config.init_from and isinstance(vs, int)
+                                                  and vs < model.config.vocab_size):
             raise ValueError(f"the tokenizer has {vs} tokens but the model's vocab_size is "
                              f"{model.config.vocab_size}; build the model with vocab_size=tokenizer.vocab_size")
         if resume and run_dir is None:
@@ -130,6 +132,7 @@ class Trainer:
         self.record = Record(self.columns, self._lock)
         self._sample_probe = SampleProbe(tokenizer, text, config.sample_tokens, config.seed)
         self._head_probe = HeadScoreProbe(tokenizer)
+        self.baselines: list[dict[str, Any]] = []  # the text's n-gram baselines (set by lm_core.recipes)
         self.best_val_loss, self.best_step, self._evals_since_best = math.inf, None, 0
         self.checkpoint_step = 0             # the step of the last checkpoint written (or resumed from)
         self.num_threads: int | None = None
