@@ -276,7 +276,7 @@ def snapshot_steps(max_steps: int, count: int = MAX_SNAPSHOTS) -> list[int]:
     steps = [0]
     for i in range(n):
         # strictly increasing; convexity of the grid keeps the last point at max_steps
-        steps.append(max(steps[-1] + 1, round(max_steps ** (i / (n - 1)))))
+        steps.append(max(steps[-1] + 1, round(max_steps ** (i / (n - 1))) if n > 1 else max_steps))
     return steps
 
 
