@@ -1,7 +1,6 @@
 """Training benchmarks on Tiny Shakespeare (DESIGN §5). Prints JSON lines.
 
-    LM_LENS_TINY_SHAKESPEARE=path/to/tinyshakespeare.txt \\
-        .venv/bin/python bench/bench_train.py [--only ratio,thread,nanogpt,quick]
+    .venv/bin/python bench/bench_train.py [--only ratio,thread,nanogpt,quick,layouts] [--presets nanogpt-cpu,llama-cpu]
 
 One ``json.dumps`` per line, each with a ``"metric"`` key:
 
@@ -12,6 +11,11 @@ One ``json.dumps`` per line, each with a ``"metric"`` key:
 * ``thread_vs_foreground``: tokens/s of a Trainer in a background thread (as the app runs it)
   while the main thread plays a polling UI ÷ the same Trainer in the foreground (as the CLI
   runs it); plus the UI's latency for a small fixed job, idle vs during training. Target ≥ 0.9.
+  ``--presets nanogpt-cpu,llama-cpu`` measures each preset's architecture (the Llama-style one:
+  RMSNorm, rotary, SwiGLU, grouped-query attention) against its own plain loop.
+* ``layouts``: ``nanogpt-cpu`` and ``llama-cpu`` (the same parameter count) each trained for the
+  same wall clock (``--seconds``, default 120; the cosine follows the clock), same seed: final
+  val loss and tokens/s side by side.
 * ``nanogpt_cpu``: the ``nanogpt-cpu`` preset, 2000 steps: final val loss. Target ≤ 1.89.
 * ``quick``: the ``quick`` preset, 60 s wall clock: final val loss. Goal ≤ 1.80.
 * ``reference`` (not in the default set: ~3.5 min per seed): nanoGPT's CPU recipe trained twice
@@ -45,7 +49,7 @@ from lm_core.presets import preset_configs  # noqa: E402
 from lm_core.tokenizers import CharTokenizer  # noqa: E402
 from lm_core.train import Trainer, available_cores  # noqa: E402
 
-PARTS = ("ratio", "thread", "nanogpt", "quick", "reference")
+PARTS = ("ratio", "thread", "nanogpt", "quick", "reference", "layouts")
 POLL_S = 1.0  # the app's live view refreshes once a second
 
 
@@ -54,10 +58,11 @@ def emit(metric: str, **fields) -> None:
 
 
 def _text() -> str:
-    if not os.environ.get("LM_LENS_TINY_SHAKESPEARE"):
-        sys.exit("bench_train.py: set LM_LENS_TINY_SHAKESPEARE to a local copy of Tiny Shakespeare "
-                 "(in this repo's CI: ../shared/data/tinyshakespeare.txt)")
-    return load_corpus("tiny-shakespeare")
+    return load_corpus("tiny-shakespeare")  # the copy shipped in assets/data (or LM_LENS_TINY_SHAKESPEARE)
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def _trainer(text, tok, preset, **train_over) -> Trainer:
@@ -66,8 +71,8 @@ def _trainer(text, tok, preset, **train_over) -> Trainer:
     return Trainer(GPT(mcfg), tok, text, tcfg)
 
 
-def bench_ratio(text, tok, rounds: int, steps: int) -> None:
-    trainer = _trainer(text, tok, "nanogpt-cpu", max_steps=10**9, eval_interval=10**9, sample_tokens=0,
+def bench_ratio(text, tok, rounds: int, steps: int, preset: str = "nanogpt-cpu") -> None:
+    trainer = _trainer(text, tok, preset, max_steps=10**9, eval_interval=10**9, sample_tokens=0,
                        log_interval=10)
     threads = trainer.configure_threads()
     cfg, tc = trainer.model.config, trainer.config
@@ -105,7 +110,8 @@ def bench_ratio(text, tok, rounds: int, steps: int) -> None:
         pl.append(p_rate)
         pairs.append(t_rate / p_rate)
     ratio = statistics.median(pairs)
-    emit("trainer_vs_plain", trainer_tokens_per_s=round(statistics.median(tr)),
+    emit("trainer_vs_plain", preset=preset, n_params=cfg.n_params, load_avg=_load(),
+         trainer_tokens_per_s=round(statistics.median(tr)),
          plain_tokens_per_s=round(statistics.median(pl)), ratio=round(ratio, 3),
          ratio_of_best=round(max(tr) / max(pl), 3), rounds=rounds, steps_per_round=steps, threads=threads,
          target=1.0, ok=ratio >= 1.0)
@@ -185,7 +191,25 @@ def bench_preset(text, tok, preset: str, metric: str, target: float, **over) -> 
          wall_s=round(wall, 1), train_s=round(t.elapsed_s, 1),
          tokens_per_s=round(float(h["tokens_per_s"].median())),
          effective_tokens_per_s=round(t.tokens_seen / max(t.elapsed_s, 1e-9)), threads=t.num_threads,
-         load_avg=[round(x, 2) for x in os.getloadavg()], target=target, ok=val <= target)
+         load_avg=_load(), target=target, ok=val <= target)
+
+
+def bench_layouts(text, tok, seconds: float) -> None:
+    """GPT-2's layout and Llama's at the same parameter count, each for the same wall clock."""
+    rows = []
+    for preset in ("nanogpt-cpu", "llama-cpu"):
+        t = _trainer(text, tok, preset, sample_tokens=0, max_steps=10**6, max_seconds=seconds, schedule="time",
+                     eval_interval=10**6, checkpoint_interval=10**6)
+        t.run()
+        h = t.history
+        val = float(h["val_loss"].dropna().iloc[-1])
+        rows.append(val)
+        emit("layout_same_wall_clock", preset=preset, n_params=t.model.config.n_params, val_loss=round(val, 4),
+             steps=t.step_count, train_s=round(t.elapsed_s, 1), seconds=seconds,
+             tokens_per_s=round(float(h["tokens_per_s"].median())), seed=t.config.seed, threads=t.num_threads,
+             load_avg=_load())
+    emit("layout_same_wall_clock_summary", llama_minus_gpt2=round(rows[1] - rows[0], 4),
+         note="val loss (nats/char, 20 fixed val batches); < 0 means the Llama-style layout ends lower")
 
 
 # -- an independent implementation of nanoGPT's CPU recipe, for the "reference" part ------------
@@ -323,6 +347,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10, help="rounds of the ratio part (median of pair ratios)")
     ap.add_argument("--steps", type=int, default=30, help="steps per side per round of the ratio part")
     ap.add_argument("--seeds", default="1337,1", help="seeds of the reference part (comma-separated)")
+    ap.add_argument("--presets", default="nanogpt-cpu", help="presets of the ratio part (comma-separated)")
+    ap.add_argument("--seconds", type=float, default=120.0, help="wall clock per preset of the layouts part")
     args = ap.parse_args()
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     bad = [p for p in parts if p not in PARTS]
@@ -331,15 +357,18 @@ def main() -> None:
     text = _text()
     tok = CharTokenizer.train(text)
     emit("environment", torch=torch.__version__, cores=available_cores(), machine=platform.machine(),
-         load_avg=[round(x, 2) for x in os.getloadavg()])
+         load_avg=_load())
     if "ratio" in parts:
-        bench_ratio(text, tok, args.rounds, args.steps)
+        for preset in args.presets.split(","):
+            bench_ratio(text, tok, args.rounds, args.steps, preset.strip())
     if "thread" in parts:
         bench_thread(text, tok, rounds=6, steps=100)
     if "nanogpt" in parts:
         bench_preset(text, tok, "nanogpt-cpu", "nanogpt_cpu", 1.89)
     if "quick" in parts:
         bench_preset(text, tok, "quick", "quick", 1.80)
+    if "layouts" in parts:
+        bench_layouts(text, tok, args.seconds)
     if "reference" in parts:
         bench_reference(text, tok, [int(x) for x in args.seeds.split(",") if x.strip()])
 

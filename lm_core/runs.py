@@ -14,6 +14,8 @@ Layout (DESIGN §3)::
     best.safetensors     weights at the best validation loss so far
     snapshots/step-000123.safetensors   weights at log-spaced steps (about 20), for time travel
     corpus.txt           the training text when it has no corpus spec (an upload or a paste)
+    baselines.json       the text's n-gram baselines (unigram .. 4-gram val loss on the run's own
+                         split; lm_core.ngram), for drawing beside the loss; read_baselines()
     status.json          the live status, small and rewritten at every change of status and every
                          history row: {"status", "step", "max_steps", "eta_s", "reason", "error",
                          "pid", "host", "updated", "updated_unix"}; read it with read_status()
