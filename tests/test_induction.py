@@ -25,7 +25,9 @@ def trained(tmp_path_factory):
     preset = PRESETS["induction"]
     text = load_corpus(preset.corpus)
     tok = CharTokenizer.train(text)
-    mcfg, tcfg = preset_configs("induction", tok.vocab_size, train_overrides=dict(max_steps=STEPS))
+    # one thread: a small model trains as fast on one, and the run stays quick on a busy machine
+    # (OpenMP threads that lose their core to another process stall each other)
+    mcfg, tcfg = preset_configs("induction", tok.vocab_size, train_overrides=dict(max_steps=STEPS, num_threads=1))
     torch.manual_seed(tcfg.seed)
     tr = Trainer(GPT(mcfg), tok, text, tcfg, tmp_path_factory.mktemp("ind") / "run", corpus=preset.corpus)
     assert tr.run() == "finished"
