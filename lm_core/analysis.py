@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .hooks import ActivationCache
+from .embeddings import position_embeddings, token_embeddings
 from .model import GPT
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "ablate_heads",
     "all_head_scores",
     "attention_entropy",
+    "attention_patterns",
     "attention_walkthrough",
     "cosine_similarity_matrix",
     "detection_pattern",
@@ -36,15 +37,22 @@ __all__ = [
     "head_scores",
     "head_scores_table",
     "induction_score",
+    "is_pattern_name",
     "logit_lens",
     "loss_on",
     "nearest_neighbours",
     "pca",
+    "position_embeddings",
+    "probe_head_scores",
+    "probe_token_ids",
     "procrustes_align",
     "repeated_random_tokens",
     "residual_norms",
+    "token_embeddings",
 ]
 
+# The ideal patterns :func:`detection_pattern` builds. The head *metrics* (these scores, entropy,
+# attention sink, …: what the trainer records and the app shows) are declared in lm_core.metrics.
 HEAD_SCORE_KINDS = ("previous_token", "duplicate_token", "induction")
 
 
@@ -112,12 +120,19 @@ def _check_layer_head(model: GPT, layer: int, head: int | None = None) -> None:
         raise ValueError(f"head {head!r} does not exist: this model has heads 0 .. {H - 1} per layer")
 
 
-def _is_pattern_name(name: str) -> bool:
+def is_pattern_name(name: str) -> bool:
+    """True for the hook names of attention patterns: a ``names`` predicate for ``run_with_cache``."""
     return name.endswith("attn.hook_pattern")
 
 
-def _stack_patterns(source) -> torch.Tensor:
-    """A cache (batch 1) or a tensor ``[L, H, T, T]`` / ``[H, T, T]`` / ``[T, T]`` -> float ``[L, H, T, T]``."""
+_is_pattern_name = is_pattern_name
+
+
+def attention_patterns(source) -> torch.Tensor:
+    """Every layer's attention pattern as one float CPU tensor ``[L, H, T, T]`` (query rows, key columns).
+
+    ``source`` is an :class:`ActivationCache` of one sequence (batch 1) holding the patterns, or a
+    tensor ``[L, H, T, T]`` / ``[H, T, T]`` / ``[T, T]`` (one layer / one head)."""
     if isinstance(source, Mapping):
         pats = []
         while f"blocks.{len(pats)}.attn.hook_pattern" in source:
@@ -145,6 +160,9 @@ def _stack_patterns(source) -> torch.Tensor:
             f"patterns must be square (query x key, no KV cache), got {p.shape[-2]} x {p.shape[-1]}"
         )
     return p.detach().float().cpu()
+
+
+_stack_patterns = attention_patterns
 
 
 # -- head scores (TransformerLens' detect_head) ---------------------------------------------
@@ -239,41 +257,6 @@ def attention_entropy(pattern) -> torch.Tensor:
     return ent.mean(dim=-1)
 
 
-def _pattern_cache(model: GPT, idx: torch.Tensor) -> ActivationCache:
-    _, cache = model.run_with_cache(idx, names=_is_pattern_name)
-    return cache
-
-
-def all_head_scores(model: GPT, tokens) -> dict[str, torch.Tensor]:
-    """Every head score of :data:`HEAD_SCORE_KINDS` plus ``"entropy"`` on ``tokens``, each ``[L, H]``.
-
-    Scores are :func:`head_scores` with TransformerLens' defaults; ``entropy`` is
-    :func:`attention_entropy` in nats.
-    """
-    idx = _as_idx(model, tokens)
-    with _inference(model):
-        cache = _pattern_cache(model, idx)
-    p = _stack_patterns(cache)
-    out = {kind: head_scores(p, idx[0].cpu(), kind) for kind in HEAD_SCORE_KINDS}
-    out["entropy"] = attention_entropy(p)
-    return out
-
-
-def head_scores_table(scores: Mapping[str, torch.Tensor]) -> pd.DataFrame:
-    """``{kind: [L, H]}`` (as from :func:`all_head_scores`) -> one row per head: layer, head, kinds..."""
-    if not scores:
-        raise ValueError("no scores given: pass the dict returned by all_head_scores")
-    first = next(iter(scores.values()))
-    L, H = first.shape
-    layer, head = torch.meshgrid(torch.arange(L), torch.arange(H), indexing="ij")
-    cols = {"layer": layer.flatten().numpy(), "head": head.flatten().numpy()}
-    for kind, s in scores.items():
-        if tuple(s.shape) != (L, H):
-            raise ValueError(f"score {kind!r} has shape {tuple(s.shape)}, the others {(L, H)}")
-        cols[kind] = s.detach().float().flatten().cpu().numpy()
-    return pd.DataFrame(cols)
-
-
 def repeated_random_tokens(
     vocab_size: int, seq_len: int, n_repeats: int = 2, seed: int = 0, batch: int = 1,
     token_ids: Sequence[int] | None = None,
@@ -312,74 +295,6 @@ def probe_token_ids(tokenizer) -> list[int] | None:
     if unk is None:
         return None
     return [i for i in range(tokenizer.vocab_size) if i != unk]
-
-
-def induction_score(
-    model: GPT, seq_len: int | None = None, seed: int = 0, n_repeats: int = 2, batch: int = 1,
-    token_ids: Sequence[int] | None = None,
-) -> torch.Tensor:
-    """Induction score ``[L, H]`` of each head on fresh repeated random tokens, in ``[0, 1]``.
-
-    Runs :func:`repeated_random_tokens` (``seq_len`` defaults to ``min(50, block_size //
-    n_repeats)``) and takes TransformerLens' induction score (:func:`head_scores`) over the
-    query rows of the repeated copies only (``query_start = seq_len``): the mean, over those
-    rows, of the attention on "the token after an earlier occurrence of the current token".
-    A perfect induction head scores 1.0 (over the whole sequence it would be capped near
-    ``(n_repeats - 1) / n_repeats``, because first-copy rows have no target). With ``batch`` > 1
-    the scores of the sequences are averaged. ``token_ids`` limits the random ids to that pool
-    (see :func:`probe_token_ids`).
-    """
-    cfg = model.config
-    if seq_len is None:
-        seq_len = min(50, cfg.block_size // max(1, int(n_repeats)))
-    if isinstance(n_repeats, bool) or not isinstance(n_repeats, int) or n_repeats < 2:
-        raise ValueError(f"n_repeats must be at least 2 (an induction head needs a repeat), got {n_repeats!r}")
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-        raise ValueError(f"seq_len must be a whole number >= 1, got {seq_len!r}")
-    if seq_len * n_repeats > cfg.block_size:
-        raise ValueError(
-            f"seq_len {seq_len} x n_repeats {n_repeats} = {seq_len * n_repeats} tokens do not fit the "
-            f"model's context (block_size={cfg.block_size}); use seq_len <= {cfg.block_size // n_repeats}"
-        )
-    tokens = repeated_random_tokens(cfg.vocab_size, seq_len, n_repeats, seed=seed, batch=batch, token_ids=token_ids)
-    with _inference(model):
-        _, cache = model.run_with_cache(tokens.to(model.device), names=_is_pattern_name)
-    p = torch.stack([cache["pattern", l] for l in range(cfg.n_layer)])  # (L, B, H, T, T)
-    scores = [head_scores(p[:, b], tokens[b], "induction", query_start=seq_len) for b in range(batch)]
-    return torch.stack(scores).mean(dim=0)  # (L, H)
-
-
-def probe_head_scores(model: GPT, seq_len: int | None = None, seed: int = 0, batch: int = 4,
-                      token_ids: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
-    """Head scores on a fixed probe, for watching circuits form during training: ``{kind: [L, H]}``.
-
-    The probe is :func:`repeated_random_tokens` (``batch`` sequences, each a random run of
-    ``seq_len`` tokens repeated once; ``seq_len`` defaults to ``min(50, block_size // 2)``),
-    the same for every call with the same ``seed``, so scores at different training steps are
-    comparable. ``previous_token`` is scored over every query row; ``duplicate_token`` and
-    ``induction`` over the rows of the repeated copy only (so a perfect head scores 1.0, as in
-    :func:`induction_score`); ``entropy`` is :func:`attention_entropy` in nats. Averaged over the
-    batch. ``token_ids`` limits the random ids to that pool (the trainer passes
-    :func:`probe_token_ids` of its tokenizer).
-    """
-    cfg = model.config
-    if seq_len is None:
-        seq_len = min(50, cfg.block_size // 2)
-    if seq_len < 2 or 2 * seq_len > cfg.block_size:
-        raise ValueError(f"seq_len must be in 2 .. {cfg.block_size // 2} for block_size={cfg.block_size}, got {seq_len}")
-    tokens = repeated_random_tokens(cfg.vocab_size, seq_len, 2, seed=seed, batch=batch,
-                                    token_ids=token_ids)  # (batch, 2*seq_len)
-    with _inference(model):
-        _, cache = model.run_with_cache(tokens.to(model.device), names=_is_pattern_name)
-    p = torch.stack([cache["pattern", l] for l in range(cfg.n_layer)])  # (L, B, H, T, T)
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("previous_token", "duplicate_token", "induction", "entropy")}
-    for b in range(batch):
-        pb = p[:, b]  # (L, H, T, T)
-        out["previous_token"].append(head_scores(pb, tokens[b], "previous_token"))
-        out["duplicate_token"].append(head_scores(pb, tokens[b], "duplicate_token", query_start=seq_len))
-        out["induction"].append(head_scores(pb, tokens[b], "induction", query_start=seq_len))
-        out["entropy"].append(attention_entropy(pb))
-    return {k: torch.stack(v).mean(dim=0) for k, v in out.items()}
 
 
 # -- logit lens ---------------------------------------------------------------------------
@@ -738,3 +653,18 @@ def attention_walkthrough(model: GPT, idx, layer: int, head: int) -> dict[str, t
         "logits": out(logits[0]),
         "probs": out(F.softmax(logits[0].float(), dim=-1)),
     }
+
+
+# -- head metrics live in lm_core.metrics (they build on the functions above) ---------------------
+
+_FROM_METRICS = ("all_head_scores", "head_scores_table", "induction_score", "probe_head_scores")
+
+
+def __getattr__(name: str):
+    # ``lm_core.analysis.probe_head_scores`` and friends keep working: resolved lazily, because
+    # lm_core.metrics imports this module
+    if name in _FROM_METRICS:
+        from . import metrics
+
+        return getattr(metrics, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

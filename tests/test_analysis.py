@@ -13,6 +13,7 @@ from torch import nn
 
 import lm_core
 from lm_core import analysis as A
+from lm_core.metrics import metric_names
 
 
 def _model(seed: int = 0, **overrides) -> lm_core.GPT:
@@ -141,14 +142,14 @@ def test_attention_entropy():
 
 def test_all_head_scores_agree_with_parts(model, ids):
     out = A.all_head_scores(model, ids[0].tolist())
-    assert set(out) == {*A.HEAD_SCORE_KINDS, "entropy"}
+    assert list(out) == metric_names()  # every registered metric, in the registry's order
     _, cache = model.run_with_cache(ids)
     for kind in A.HEAD_SCORE_KINDS:
         torch.testing.assert_close(out[kind], A.head_scores(cache, ids, kind))
     torch.testing.assert_close(out["entropy"], A.attention_entropy(cache))
     assert not any(v.requires_grad for v in out.values())
     table = A.head_scores_table(out)
-    assert list(table.columns) == ["layer", "head", *A.HEAD_SCORE_KINDS, "entropy"]
+    assert list(table.columns) == ["layer", "head", *metric_names()]
     assert len(table) == 6 and table.loc[4, "induction"] == pytest.approx(out["induction"][1, 1].item())
 
 
@@ -430,7 +431,7 @@ def test_probe_head_scores_fixed_probe_and_perfect_heads():
     model = lm_core.GPT(cfg).eval()
     a = probe_head_scores(model, seed=3)
     b = probe_head_scores(model, seed=3)
-    assert set(a) == {"previous_token", "duplicate_token", "induction", "entropy"}
+    assert list(a) == metric_names()
     for k in a:
         assert a[k].shape == (1, 2)
         torch.testing.assert_close(a[k], b[k])

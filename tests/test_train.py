@@ -14,6 +14,7 @@ import torch
 
 from lm_core import GPT, ModelConfig, TrainConfig
 from lm_core.corpora import load_corpus
+from lm_core.metrics import metric_names
 from lm_core.runs import load_run
 from lm_core.tokenizers import CharTokenizer
 from lm_core.train import Trainer, layer_groups, resolve_device
@@ -392,8 +393,8 @@ def test_head_scores_recorded_at_each_evaluation_and_reloaded(tmp_path):
     hs = tr.head_scores
     assert list(hs.columns) == HEAD_SCORE_COLUMNS
     assert sorted(hs["step"].unique()) == [0, 3, 6]
-    assert set(hs["kind"]) == {"previous_token", "duplicate_token", "induction", "entropy"}
-    assert len(hs) == 3 * 4 * 2 * 2  # steps x kinds x layers x heads
+    assert set(hs["kind"]) == set(metric_names())  # every registered head metric
+    assert len(hs) == 3 * len(metric_names()) * 2 * 2  # steps x kinds x layers x heads
     ind = hs[hs.kind == "induction"]["value"]
     assert ((ind >= 0) & (ind <= 1)).all()
     snap = tr.snapshot(weights=False)
