@@ -13,8 +13,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from . import bundle, resources, state
-from .models import DEFAULT_CHOICE, LoadedModel, folder_stamp, list_run_folders, runs_root, snapshot_stamp, snapshot_steps
+from . import resources, state
+from .core import bundle
+from .core.bundle import ExportRecord
+from .core.models import DEFAULT_CHOICE, LoadedModel, folder_stamp, list_run_folders, runs_root, snapshot_stamp, snapshot_steps
 
 PRETRAINED_CHOICE = "pretrained"
 PRETRAINED_LABEL = "Pretrained (GPT-2 or a local folder)…"
@@ -97,7 +99,7 @@ def base_model() -> LoadedModel:
     """The sidebar's model at its latest weights (what time travel starts from)."""
     lm, problem = resolve(state.model_choice())
     if problem:
-        st.session_state["_model_problem"] = problem
+        st.session_state[state.MODEL_PROBLEM] = problem
     return lm
 
 
@@ -108,7 +110,7 @@ def active_model() -> LoadedModel:
     if step is not None:
         lm, problem = at_step(lm, int(step))
         if problem:
-            st.session_state["_model_problem"] = problem
+            st.session_state[state.MODEL_PROBLEM] = problem
     return lm
 
 
@@ -217,9 +219,9 @@ def sidebar():
                            f"or pretrained GPT-2 weights.")
         if choice == PRETRAINED_CHOICE:
             _pretrained_panel()
-        st.session_state.pop("_model_problem", None)
+        st.session_state.pop(state.MODEL_PROBLEM, None)
         base = base_model()
-        problem = st.session_state.pop("_model_problem", None)
+        problem = st.session_state.pop(state.MODEL_PROBLEM, None)
         if problem:
             st.error(problem, icon=":material/error:")
         _, default_problem = resources.default_model()
@@ -234,14 +236,14 @@ def sidebar():
             if job is not None:
                 now = job.step_count
                 st.caption(f"Weights of step {base.step}; training is at step {now}.")
-                if now != base.step and st.button("Use latest weights", key="_live_refresh",
+                if now != base.step and st.button("Use latest weights", key=state.LIVE_REFRESH,
                                                   icon=":material/refresh:"):
                     state.set_live_pin(job.run_id, now)
                     st.session_state[state.TIME_STEP] = None
                     st.rerun()
         _time_travel(base)
         active_model()  # a snapshot that fails to load is said here, once
-        problem = st.session_state.pop("_model_problem", None)
+        problem = st.session_state.pop(state.MODEL_PROBLEM, None)
         if problem:
             st.warning(problem, icon=":material/warning:")
         if broken:
@@ -258,7 +260,7 @@ def export_controls(slot, page: str) -> None:
     model's config and history, and the activation cache of the page's text."""
     records = state.figures()
     lm = active_model()
-    st.session_state.pop("_model_problem", None)  # already shown by the sidebar
+    st.session_state.pop(state.MODEL_PROBLEM, None)  # already shown by the sidebar
     where = f"{page} · {lm.key}"  # a bundle belongs to one page and one model's weights
     with slot:
         clicked = st.button("Export bundle", key="export_btn", icon=":material/archive:",
@@ -273,7 +275,7 @@ def export_controls(slot, page: str) -> None:
                     st.error(f"Could not build the bundle ({type(e).__name__}: {e}). The page is unchanged; "
                              f"try again, or download the figures one by one.", icon=":material/error:")
                     return
-            state.put(state.EXPORT, state.ExportRecord(page=where, file_name=built.file_name, data=built.data,
+            state.put(state.EXPORT, ExportRecord(page=where, file_name=built.file_name, data=built.data,
                                                        notes=built.notes))
         rec = state.get(state.EXPORT)
         if rec is None or rec.page != where:

@@ -1,7 +1,7 @@
 """LM Lens: the Streamlit entry point. Run with ``streamlit run app/main.py`` from the repo root.
 
 Sets the page up, draws the shared sidebar (model picker) and hands over to ``st.navigation``,
-one file per page in ``app/views/``.
+one file per page in ``app/views/``, listed in ``app/pages.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ if str(_ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from app import active, state  # noqa: E402
+from app import active, pages, state  # noqa: E402
 from lm_core.runtime import tune_allocator  # noqa: E402
 
 tune_allocator()  # keep freed activation memory: full captures ~1.2x a plain forward instead of ~1.6x
@@ -28,17 +28,7 @@ st.set_page_config(page_title="LM Lens", page_icon=":material/neurology:", layou
 state.init()
 state.clear_page_record()
 
-PAGES = [
-    st.Page("views/train.py", title="Train", icon=":material/model_training:", url_path="train"),
-    st.Page("views/attention.py", title="Attention", icon=":material/grid_on:", url_path="attention",
-            default=True),
-    st.Page("views/generate.py", title="Generate", icon=":material/edit_note:", url_path="generate"),
-    st.Page("views/embeddings.py", title="Embeddings", icon=":material/scatter_plot:", url_path="embeddings"),
-    st.Page("views/logit_lens.py", title="Logit lens", icon=":material/layers:", url_path="logit-lens"),
-    st.Page("views/ablation.py", title="Ablation", icon=":material/content_cut:", url_path="ablation"),
-    st.Page("views/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
-    st.Page("views/mechanics.py", title="Mechanics", icon=":material/function:", url_path="mechanics"),
-]
+PAGES = [st.Page(p.file, title=p.title, icon=p.icon, url_path=p.url, default=p.default) for p in pages.PAGES]
 
 page = st.navigation(PAGES)
 export_slot = active.sidebar()

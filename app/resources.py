@@ -15,8 +15,8 @@ import streamlit as st
 import lm_core
 from lm_core import corpora
 
-from . import circuits, compute
-from .models import (LoadedModel, at_snapshot, default_model_dir, fallback_model, folder_stamp, from_run, runs_root,
+from .core import circuits, estimates, inspection, predictions
+from .core.models import (LoadedModel, at_snapshot, default_model_dir, fallback_model, folder_stamp, from_run, runs_root,
                      load_folder, load_pretrained_model, load_run, snapshot_steps)
 from .training import TrainingRegistry
 
@@ -90,7 +90,7 @@ def live_model(run_id: str, step: int, _registry: TrainingRegistry) -> LoadedMod
 
 @st.cache_data(max_entries=48, show_spinner=False)
 def inspection(model_key: str, ids: tuple[int, ...], _model: lm_core.GPT) -> dict[str, np.ndarray]:
-    return compute.inspect(_model, list(ids))
+    return inspection.inspect(_model, list(ids))
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -101,41 +101,41 @@ def embedding_projection(model_key: str, _model: lm_core.GPT, reference_key: str
     ref = None
     if _reference is not None and reference_key is not None and reference_key != model_key:
         ref = embedding_projection(reference_key, _reference)
-    return compute.embedding_projection(_model, ref)
+    return inspection.embedding_projection(_model, ref)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def logit_lens(model_key: str, ids: tuple[int, ...], top_k: int, _model: lm_core.GPT) -> dict[str, np.ndarray]:
-    return compute.logit_lens(_model, list(ids), top_k)
+    return inspection.logit_lens(_model, list(ids), top_k)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def ablation(model_key: str, ids: tuple[int, ...], heads: tuple[tuple[int, int], ...], mlps: tuple[int, ...],
              mode: str, _model: lm_core.GPT) -> dict[str, np.ndarray]:
-    return compute.ablation(_model, list(ids), list(heads), list(mlps), mode)
+    return predictions.ablation(_model, list(ids), list(heads), list(mlps), mode)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def compare_predictions(key_a: str, key_b: str, ids: tuple[int, ...], _model_a: lm_core.GPT,
                         _model_b: lm_core.GPT) -> dict[str, np.ndarray]:
-    return compute.compare_predictions(_model_a, _model_b, list(ids))
+    return predictions.compare_predictions(_model_a, _model_b, list(ids))
 
 
 @st.cache_data(max_entries=8, show_spinner="Ablating every head in turn…")
 def ablation_effects(model_key: str, ids: tuple[int, ...], mode: str, _model: lm_core.GPT) -> np.ndarray:
-    return compute.ablation_effects(_model, list(ids), mode)
+    return predictions.ablation_effects(_model, list(ids), mode)
 
 
 @st.cache_data(max_entries=8, show_spinner="Reading a validation slice of the training corpus…")
 def val_windows(spec: str, tokenizer_key: str, block_size: int, _tokenizer) -> tuple[tuple[int, ...], ...]:
     """A fixed small slice of the corpus' validation part (its last 10%), as token windows."""
-    return compute.val_windows(_tokenizer, corpora.load_corpus(spec), block_size)
+    return predictions.val_windows(_tokenizer, corpora.load_corpus(spec), block_size)
 
 
 @st.cache_data(max_entries=32, show_spinner="Computing the val loss…")
 def val_loss(model_key: str, windows: tuple[tuple[int, ...], ...], heads: tuple[tuple[int, int], ...],
              mlps: tuple[int, ...], mode: str, _model: lm_core.GPT) -> tuple[float, float]:
-    return compute.val_loss(_model, windows, list(heads), list(mlps), mode)
+    return predictions.val_loss(_model, windows, list(heads), list(mlps), mode)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -147,23 +147,23 @@ def snapshot_probe_scores(path: str, step: int, stamp: float, _n_snapshots: int)
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def neighbours(model_key: str, token_id: int, k: int, _model: lm_core.GPT):
-    return compute.neighbours(_model, token_id, k)
+    return inspection.neighbours(_model, token_id, k)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def position_similarity(model_key: str, _model: lm_core.GPT) -> np.ndarray:
-    return compute.position_similarity(_model)
+def position_similarity(model_key: str, _model: lm_core.GPT) -> np.ndarray | None:
+    return inspection.position_similarity(_model)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def walkthrough(model_key: str, ids: tuple[int, ...], layer: int, head: int, _model: lm_core.GPT) -> dict:
-    return compute.walkthrough(_model, list(ids), layer, head)
+    return inspection.walkthrough(_model, list(ids), layer, head)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def step_time(config: dict, batch_size: int) -> float:
     """Measured seconds per training step for a model shape on this machine."""
-    return compute.measure_step_time(lm_core.ModelConfig(**config), batch_size)
+    return estimates.measure_step_time(lm_core.ModelConfig(**config), batch_size)
 
 
 @st.cache_data(max_entries=8, show_spinner="Loading the corpus…")

@@ -1,5 +1,8 @@
 """Session-state keys and typed accessors: the one place that names what a session remembers.
 
+Only keys and accessors live here; the records a session keeps (``GenTrace``, ``Corpus``,
+``FigureRecord``, …) are plain types of ``app.core``.
+
 Widget keys are listed in :data:`WIDGET_DEFAULTS`. Streamlit forgets a widget's value when a
 page without that widget runs; :func:`init` (called by ``main.py`` on every run, before any
 page) sets the defaults once and re-assigns the current values, which keeps them across page
@@ -9,11 +12,13 @@ without ``value=``/``index=`` so that the state is the single source of truth.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import streamlit as st
+
+from .core.bundle import ExportRecord, FigureRecord  # noqa: F401  (ExportRecord: what EXPORT holds)
+from .core.corpus import Corpus
+from .core.generation import GenTrace
 
 # -- keys ------------------------------------------------------------------------------------
 
@@ -101,6 +106,11 @@ TRAIN_NOTICE = "train_notice"          # a message to show once after a rerun
 TRAIN_START_INDUCTION = "train_start_induction"  # set by "Train an induction model": start on this run
 TRAIN_INDUCTION_PROBLEM = "train_induction_problem"  # why that button could not fill the settings
 TRAIN_PAGE_STATUS = "_train_page_status"  # the run's status when the Train page was last drawn in full
+
+# Internal keys (not widgets): a message or flag one part of a run leaves for another.
+MODEL_PROBLEM = "_model_problem"       # why the chosen model (or its snapshot) could not load; the sidebar shows it
+GEN_PROBLEM = "_gen_problem"           # Generate: why the last branch failed (shown after the rerun)
+LIVE_REFRESH = "_live_refresh"         # sidebar button: use the live run's latest weights
 
 DEFAULT_INSPECT_TEXT = "def add(a, b):\n    return a + b\ndef add(a, b):\n    return a + b\n"
 DEFAULT_PROMPT = "def "
@@ -193,15 +203,6 @@ def set_live_pin(run_id: str, step: int) -> None:
 # -- corpus for training -------------------------------------------------------------------------
 
 
-@dataclass
-class Corpus:
-    """A corpus chosen on the Train page: the text and where it came from."""
-
-    name: str      # shown to the user, e.g. "builtin:python-docs" or "upload: notes.txt"
-    spec: str      # what the run folder records as its corpus
-    text: str
-
-
 def corpus() -> Corpus | None:
     return st.session_state.get(TRAIN_CORPUS)
 
@@ -213,40 +214,6 @@ def set_corpus(c: Corpus | None) -> None:
 # -- generation trace --------------------------------------------------------------------------
 
 
-@dataclass
-class StepRecord:
-    """What the Generate page keeps of one generated step (small numpy arrays only)."""
-
-    token_id: int
-    position: int               # index of the new token in the full sequence
-    context_start: int          # absolute position of the first context token
-    top_ids: np.ndarray         # [k] candidate ids, most likely (model, T=1) first
-    top_before: np.ndarray      # [k] model probability at temperature 1
-    top_after: np.ndarray       # [k] probability actually sampled from
-    attention: np.ndarray       # [L, H, T_ctx] float32 attention row of the predicting position
-    prob: float                 # model probability of the drawn token
-    entropy_bits: float         # entropy of the model distribution, bits
-    truncated: bool
-    branched: bool = False      # the user picked this token instead of the drawn one
-
-
-@dataclass
-class GenTrace:
-    """A generation: the prompt, its settings and one record per generated token."""
-
-    model_key: str
-    prompt_ids: list[int]
-    settings: dict[str, Any]
-    steps: list[StepRecord] = field(default_factory=list)
-    prompt_note: str = ""       # e.g. "the prompt was cut to the last 64 tokens"
-    branch_note: str = ""
-    model_family: str = ""      # the run the weights came from, whatever the step (time travel)
-
-    @property
-    def ids(self) -> list[int]:
-        return self.prompt_ids + [s.token_id for s in self.steps]
-
-
 def gen_trace() -> GenTrace | None:
     return st.session_state.get(GEN_TRACE)
 
@@ -256,25 +223,6 @@ def set_gen_trace(trace: GenTrace | None) -> None:
 
 
 # -- what the page drew (for the export bundle) ---------------------------------------------------
-
-
-@dataclass
-class FigureRecord:
-    """A figure a page drew in this run: its file name stem, the figure and its caption."""
-
-    name: str
-    figure: Any                 # plotly.graph_objects.Figure
-    caption: str = ""
-
-
-@dataclass
-class ExportRecord:
-    """The last bundle built: shown as a download button on the page it was built for."""
-
-    page: str
-    file_name: str
-    data: bytes
-    notes: list[str] = field(default_factory=list)
 
 
 def clear_page_record() -> None:

@@ -42,7 +42,7 @@ from lm_core.train import TrainSnapshot
 from lm_core.train.control import ACTIVE as LM_ACTIVE
 from lm_core.train.control import request as control_request
 
-from .models import LoadedModel, head_scores_frame
+from .core.models import LoadedModel, recorded_head_scores
 
 STARTING = "starting"        # the process is launched and has not reported yet
 ACTIVE = frozenset({STARTING, *(str(s) for s in LM_ACTIVE)})
@@ -366,7 +366,7 @@ class TrainingRegistry:
             key=f"live:{run_id}@{snap.step}", label=f"{run_id} · step {snap.step} (live)", kind="live",
             model=model, tokenizer=job.tokenizer, history=snap.history, path=job.run_dir,
             corpus=job.corpus_name, step=snap.step, samples=snap.samples,
-            family=f"run:{job.run_dir.resolve()}", final_step=snap.step, head_scores=head_scores_frame(snap),
+            family=f"run:{job.run_dir.resolve()}", final_step=snap.step, head_scores=recorded_head_scores(snap),
         )
 
 

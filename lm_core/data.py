@@ -41,6 +41,16 @@ class Split:
         return len(self.ids) / max(1, self.n_chars)
 
 
+def split_chars(text: str) -> tuple[str, str]:
+    """The text cut where training ends and validation begins: ``(first 90%, last 10%)``.
+
+    The one place that decides the cut: :func:`split_text` encodes these parts, and a tool that
+    needs only the validation text (a quick val loss) takes the second without encoding the first.
+    """
+    cut = int(len(text) * (1 - VAL_FRACTION))
+    return text[:cut], text[cut:]
+
+
 def split_text(text: str, tokenizer, block_size: int) -> tuple[Split, Split]:
     """Encode ``text`` as a train split (first 90%) and a val split (last 10%).
 
@@ -50,8 +60,7 @@ def split_text(text: str, tokenizer, block_size: int) -> tuple[Split, Split]:
     """
     if not isinstance(text, str) or not text:
         raise ValueError("the training text is empty; load a corpus first (e.g. builtin:python-docs)")
-    cut = int(len(text) * (1 - VAL_FRACTION))
-    parts = (("train", text[:cut]), ("val", text[cut:]))
+    parts = tuple(zip(("train", "val"), split_chars(text)))
     splits = []
     for name, part in parts:
         ids = torch.tensor(tokenizer.encode(part), dtype=torch.long)

@@ -28,11 +28,8 @@ from lm_core.presets import PRESETS
 from lm_core.tokenizers import CharTokenizer
 from lm_core.train import Trainer
 
+from test_app import PAGES as ALL_PAGES  # every page, from app/pages.py
 from test_app import _wait_for, app, charts, default_model_dir, env, no_problem  # noqa: F401  (fixtures)
-
-NEW_PAGES = ["views/logit_lens.py", "views/ablation.py", "views/compare.py"]
-ALL_PAGES = ["views/train.py", "views/attention.py", "views/generate.py", "views/embeddings.py",
-             "views/logit_lens.py", "views/ablation.py", "views/compare.py", "views/mechanics.py"]
 
 
 def _z(fig: dict, trace: int = 0, field: str = "z") -> np.ndarray:
@@ -74,20 +71,6 @@ def _pick_run(at, env_runs: Path, run: Path, name: str = "snaprun") -> Path:
 
 
 # -- the new pages ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("page", NEW_PAGES)
-def test_new_pages_render_with_the_default_model(env, page):
-    at = app()
-    at.switch_page(page).run()
-    no_problem(at)
-    assert at.title[0].value in {"Logit lens", "Ablation", "Compare"}
-    keys = list(charts(at))
-    assert keys
-    downloads = {el.proto.id.split("-", 2)[-1] for el in at.get("download_button")}
-    for key in keys:  # like every page: PNG and HTML next to each figure, and a caption
-        assert {f"{key}__png", f"{key}__html"} <= downloads, (page, key)
-    assert len(at.caption) >= len(keys)
 
 
 def test_logit_lens_shows_lm_core_numbers(env, default_model_dir):
@@ -158,7 +141,7 @@ def test_time_travel_slider_changes_what_the_views_show(env, snap_run):
 
 
 def test_procrustes_keeps_the_map_of_the_latest_step_in_place(snap_run):
-    from app import compute
+    from app.core import inspection as compute
 
     run = lm_runs.load_run(snap_run)
     ref = compute.embedding_projection(run.model)
@@ -174,7 +157,7 @@ def test_procrustes_keeps_the_map_of_the_latest_step_in_place(snap_run):
 
 
 def test_long_texts_are_capped_for_large_contexts():
-    from app import compute
+    from app.core import text as compute
 
     small = lm_core.ModelConfig(vocab_size=10, block_size=64, n_layer=1, n_head=1, n_embd=8)
     gpt2 = lm_core.ModelConfig(vocab_size=10, block_size=1024, n_layer=12, n_head=12, n_embd=48)
@@ -316,10 +299,10 @@ def test_export_bundle_round_trips(env, default_model_dir):
 
 
 def test_bundle_without_png_says_so(default_model_dir, monkeypatch):
-    from app import bundle as B
     from app import figures as Fg
-    from app.models import load_folder
-    from app.state import FigureRecord
+    from app.core import bundle as B
+    from app.core.bundle import FigureRecord
+    from app.core.models import load_folder
 
     def no_chrome(figs):
         raise RuntimeError("no Chrome found")
@@ -338,7 +321,7 @@ def test_bundle_without_png_says_so(default_model_dir, monkeypatch):
 
 
 def test_induction_bump_rule():
-    from app import circuits
+    from app.core import circuits
 
     def frame(series):  # {(layer, head): [scores per step]}
         steps = [0, 50, 100, 150]
@@ -361,7 +344,7 @@ def test_induction_bump_rule():
 
 
 def test_induction_button_starts_the_induction_preset_and_circuits_show(env, monkeypatch):
-    from app import bundle as B
+    from app.core import bundle as B
     from app import resources
 
     at = app()
@@ -413,8 +396,8 @@ def test_induction_button_starts_the_induction_preset_and_circuits_show(env, mon
 
 def test_circuits_on_loss_curve_from_recorded_scores(monkeypatch):
     """A recorded frame (as the trainer writes it) marks the bump on the loss curve."""
-    from app import circuits
     from app import figures as Fg
+    from app.core import circuits
 
     per = [(s, {"induction": np.array([[0.0, 0.1], [0.0, 0.2 * i]], dtype=np.float32)}) for i, s in enumerate([0, 100, 200, 300])]
     df = circuits.long_frame(per)
@@ -490,11 +473,12 @@ def test_pretrained_problems_are_messages(env, tmp_path, monkeypatch):
 def test_recorded_head_scores_drive_the_circuits_panel_and_the_bump(env, monkeypatch):
     """The trainer's record (TrainSnapshot.head_scores, long format) is what the panel shows, and
     the loss curve marks the step where an induction head formed."""
-    from app import circuits, resources
-    from app.models import HEAD_SCORE_COLUMNS, head_scores_frame
+    from app import resources
+    from app.core import circuits
+    from app.core.models import HEAD_SCORE_COLUMNS, recorded_head_scores
     from app.training import TrainingJob
 
-    assert list(head_scores_frame(object()).columns) == HEAD_SCORE_COLUMNS  # nothing recorded: empty
+    assert list(recorded_head_scores(object()).columns) == HEAD_SCORE_COLUMNS  # nothing recorded: empty
     steps = [0, 10, 20, 30]
     per = [(s, {"induction": np.array([[0.02, 0.05], [0.1, 0.15 * i]], dtype=np.float32),
                 "previous_token": np.full((2, 2), 0.1 * i, dtype=np.float32)}) for i, s in enumerate(steps)]

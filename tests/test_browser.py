@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from app.pages import PAGES
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 # Screenshots go to the README's folder only when asked (LM_LENS_SCREENSHOTS=1): a test run never
@@ -203,8 +205,10 @@ def test_app_in_chromium(tmp_path):
         page.on("pageerror", lambda e: errors.append(str(e)))
 
         # every page opens without an exception box
-        for name in ("attention", "generate", "embeddings", "logit-lens", "ablation", "compare", "mechanics", "train"):
-            open_page(page, f"{url}/{'' if name == 'attention' else name}", charts=name not in ("generate", "train"))
+        # (from app/pages.py: the default page first, Train last)
+        for spec in sorted(PAGES, key=lambda p: (not p.default, p.url == "train")):
+            name = spec.url
+            open_page(page, f"{url}/{'' if spec.default else name}", charts=name not in ("generate", "train"))
             assert not exceptions(page), (name, exceptions(page))
             if name != "train":
                 shoot(page, SHOTS / f"{name}.png")

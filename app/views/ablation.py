@@ -6,10 +6,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import figures, resources, state, ui
+from app import figures, resources, state
 from app.active import active_model
-from app.compute import InputProblem, head_label, parse_head
-from app.models import corpus_spec
+from app.core.models import corpus_spec
+from app.core.predictions import head_label, parse_head
+from app.core.text import InputProblem
+from app.widgets import ui
 
 AUTO_EFFECTS_COST = 5e9   # parameters × heads × tokens below which every head's effect is computed unasked
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import figures, resources, state, ui
+from lm_core import metrics
+
+from app import figures, resources, state
 from app.active import active_model
-from app.compute import HEAD_METRICS, MAX_INSPECT_TOKENS, inspect_limit, scores_table
+from app.core.inspection import scores_table
+from app.core.text import MAX_INSPECT_TOKENS, inspect_limit
+from app.widgets import ui
 
 ui.page_header("Attention", "Where each head looks. Rows are queries (the token doing the looking), "
                "columns are keys (the earlier tokens it can see); each row sums to 1.")
@@ -47,17 +51,15 @@ def head_explorer() -> None:
         st.session_state[state.ATTN_LAYER] = 0
     if st.session_state.get(state.ATTN_HEAD, 0) >= H:
         st.session_state[state.ATTN_HEAD] = 0
-    if st.session_state.get(state.ATTN_METRIC) not in HEAD_METRICS:
+    if st.session_state.get(state.ATTN_METRIC) not in metrics.HEAD_METRICS:
         st.session_state[state.ATTN_METRIC] = "induction"
 
     c1, c2, c3 = st.columns([1, 1, 3])
     layer = c1.selectbox("Layer", list(range(L)), key=state.ATTN_LAYER)
     head = c2.selectbox("Head", list(range(H)), key=state.ATTN_HEAD)
-    metric = c3.radio("Head score", list(HEAD_METRICS), key=state.ATTN_METRIC, horizontal=True,
-                      format_func=lambda m: HEAD_METRICS[m],
-                      help="previous token: attention on the token just before; duplicate token: on earlier "
-                           "copies of the same token; induction: on the token after an earlier copy; "
-                           "entropy: how spread out the attention is (low = focused).")
+    metric = c3.radio("Head score", list(metrics.HEAD_METRICS), key=state.ATTN_METRIC, horizontal=True,
+                      format_func=lambda m: metrics.head_metric(m).label, help=ui.metric_help())
+    spec = metrics.head_metric(metric)
     patterns = ins["patterns"]  # (L, H, T, T)
 
     left, right = st.columns([3, 2])
@@ -69,12 +71,11 @@ def head_explorer() -> None:
                          "(the future) is visible. Hover a cell for both tokens and the weight.")
     with right:
         scores = ins[f"score/{metric}"]
-        ui.chart(figures.head_score_overview(scores, HEAD_METRICS[metric], selected=(layer, head),
-                                             zrange=None if metric == "entropy" else (0.0, 1.0)),
+        ui.chart(figures.head_score_overview(scores, spec.label, selected=(layer, head), zrange=spec.value_range),
                  key=state.ATTN_OVERVIEW, name=f"head-scores-{metric}",
                  on_select=_select_head_from_overview, selection_mode="points",
                  caption=f"Every head at once: rows are layers, columns heads, colour and number the "
-                         f"{HEAD_METRICS[metric]} score on this text. Click a cell to open that head (outlined).")
+                         f"{spec.label} score on this text. Click a cell to open that head (outlined).")
         ui.csv_download(scores_table(ins), "head-scores", key="attn_scores_csv", label="Head scores CSV")
 
     tab_grid, tab_query = st.tabs([f"All heads of layer {layer}", "One query token, every head"])

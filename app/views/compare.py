@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import figures, resources, state, ui
+from app import figures, resources, state
 from app.active import PRETRAINED_CHOICE, at_step, resolve, source_options, step_options
-from app.compute import InputProblem, encode_text, inspect_limit
+from app.core.text import InputProblem, encode_text, inspect_limit
+from app.widgets import ui
 
 ui.page_header("Compare", "Two training steps of a run, or two runs, side by side on the same text: one head's "
                "attention in each and where they differ, and how well each predicts the text.")

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import figures, resources, state, ui
+from app import figures, resources, state
+from app.widgets import ui
 from app.active import active_model, base_model
 
 MAX_PICKER_VOCAB = 5000    # above this, a token is typed rather than picked from a list
@@ -103,12 +104,16 @@ st.divider()
 p1, p2 = st.columns([2, 3])
 with p1:
     sim = resources.position_similarity(lm.key, _model=lm.model)
-    n_pos = min(sim.shape[0], MAX_POSITIONS)
-    ui.chart(figures.similarity_heatmap(sim[:n_pos, :n_pos], "Position embeddings: cosine similarity"),
-             key="emb_pos", name="position-similarity",
-             caption="Row i, column j: how similar the learned vectors of positions i and j are (red = alike, "
-                     "blue = opposite). A bright band along the diagonal means nearby positions look alike."
-                     + (f" The first {n_pos} of {sim.shape[0]} positions." if n_pos < sim.shape[0] else ""))
+    if sim is None:
+        st.info("This model has no learned position vectors (it encodes positions inside attention, e.g. "
+                "rotary), so there is no position map to draw.", icon=":material/info:")
+    else:
+        n_pos = min(sim.shape[0], MAX_POSITIONS)
+        ui.chart(figures.similarity_heatmap(sim[:n_pos, :n_pos], "Position embeddings: cosine similarity"),
+                 key="emb_pos", name="position-similarity",
+                 caption="Row i, column j: how similar the learned vectors of positions i and j are (red = alike, "
+                         "blue = opposite). A bright band along the diagonal means nearby positions look alike."
+                         + (f" The first {n_pos} of {sim.shape[0]} positions." if n_pos < sim.shape[0] else ""))
 with p2:
     enc = ui.inspected_text(lm, height=80, help="The same text as on the Attention page.", stop=False)
     if enc is not None:

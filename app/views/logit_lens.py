@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import figures, resources, state, ui
+from app import figures, resources, state
+from app.widgets import ui
 from app.active import active_model
 
 ui.page_header("Logit lens", "The residual stream after each layer, read out as if it were the last one (final "

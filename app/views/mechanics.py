@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import figures, resources, state, ui
+from app import figures, resources, state
 from app.active import active_model
-from app.compute import InputProblem, encode_text
+from app.core.text import InputProblem, encode_text
+from app.widgets import ui
 
 MAX_TOKENS = 16  # a short input keeps every matrix readable
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 import time
 
-import numpy as np
-import pandas as pd
 import streamlit as st
 
 import lm_core
@@ -15,10 +13,14 @@ from lm_core.presets import PRESETS
 from lm_core.tokenizers import MIN_BPE_VOCAB_SIZE
 from lm_core.recipes import build_trainer
 
-from app import circuits, compute, figures, resources, state, ui
+from app import resources, state
 from app.active import active_model
-from app.models import head_scores_frame, runs_root, snapshot_stamp, snapshot_steps
+from app.core import estimates
+from app.core.corpus import Corpus
+from app.core.models import runs_root
 from app.training import ACTIVE, AlreadyTraining, NotYours, TrainingJob
+from app.widgets import ui
+from app.widgets.history import history_view
 
 POLL_S = 1.5                # live view refresh while a run is active (each poll costs ~0.1 s of CPU)
 PREVIEW_CHARS = 600
@@ -77,7 +79,7 @@ if any(k not in st.session_state for k in SETTING_KEYS):
 
 
 def _set_corpus(name: str, spec: str, text: str) -> None:
-    state.set_corpus(state.Corpus(name=name, spec=spec, text=text))
+    state.set_corpus(Corpus(name=name, spec=spec, text=text))
 
 
 def corpus_section() -> None:
@@ -236,8 +238,8 @@ def settings_section() -> tuple[lm_core.ModelConfig | None, dict | None]:
     if per_step is not None:
         steps = int(ss[state.TRAIN_STEPS])
         total = min(per_step * steps, 60 * int(ss[state.TRAIN_MAX_MINUTES]))
-        m[2].metric("Time per step", compute.format_seconds(per_step), help="Measured here, without evaluations.")
-        m[3].caption(f"≈ {compute.format_seconds(total)} for {steps:,} steps"
+        m[2].metric("Time per step", estimates.format_seconds(per_step), help="Measured here, without evaluations.")
+        m[3].caption(f"≈ {estimates.format_seconds(total)} for {steps:,} steps"
                      + (" (the time budget ends it first)" if per_step * steps > 60 * int(ss[state.TRAIN_MAX_MINUTES]) else "")
                      + f" · ≈ {tokens_per_step / per_step:,.0f} tokens/s")
     return mc, train_over
@@ -386,120 +388,6 @@ def _wait_for_status(job: TrainingJob, wanted: tuple[str, ...], timeout: float =
 # -- 5. live view ---------------------------------------------------------------------------------
 
 
-def head_score_history(recorded, run_dir) -> tuple[pd.DataFrame, str]:
-    """The head scores of a run over training, and where they come from: recorded by the trainer
-    at each evaluation, or (runs without that record) computed from its weight snapshots."""
-    recorded = head_scores_frame(recorded)
-    if len(recorded):
-        return recorded, "recorded at each evaluation"
-    steps = snapshot_steps(run_dir) if run_dir is not None else []
-    if len(steps) < 2:
-        return recorded, ""
-    path = str(run_dir.resolve())
-    per_step = [(s, resources.snapshot_probe_scores(path, s, snapshot_stamp(run_dir, s), len(steps))) for s in steps]
-    return circuits.long_frame(per_step), f"computed from the run's {len(steps)} weight snapshots"
-
-
-def circuits_view(scores: pd.DataFrame, source: str, bump, name: str, key_prefix: str, live: bool) -> None:
-    """Head scores of every head over the steps: which circuits formed, and when."""
-    st.markdown("#### :material/hub: Circuits")
-    if not len(scores):
-        if live:
-            st.caption("No head scores yet: they are measured at each evaluation on a fixed probe (random tokens "
-                       "repeated twice), and appear here with the first one.")
-        else:
-            st.caption("This run recorded no head scores and kept no weight snapshots to measure them on, so "
-                       "there is nothing to show here. Runs trained now record them.")
-        return
-    kinds = [k for k in circuits.KINDS if k in set(scores["kind"])]
-    if st.session_state.get(state.CIRCUIT_KIND) not in kinds:
-        st.session_state[state.CIRCUIT_KIND] = kinds[0]
-    kind = st.radio("Head score", kinds, key=state.CIRCUIT_KIND, horizontal=True,
-                    format_func=lambda k: circuits.KINDS[k],
-                    help="induction: attention to the token after an earlier copy of the current one; previous "
-                         "token: to the token just before; duplicate token: to earlier copies of the same token; "
-                         "entropy: how spread out the attention is (nats; low = focused).")
-    z, steps, heads = circuits.matrix(scores, kind)
-    label = circuits.KINDS[kind]
-    marks = [bump.step] if bump is not None else []
-    if bump is not None:
-        focus = (bump.layer, bump.head)
-    else:  # the head with the highest final score (lowest entropy)
-        last = np.nan_to_num(z[:, -1], nan=np.inf if kind == "entropy" else -np.inf)
-        focus = heads[int(np.argmin(last) if kind == "entropy" else np.argmax(last))]
-    c1, c2 = st.columns([3, 2])
-    with c1:
-        ui.chart(figures.head_scores_over_time(z, steps, heads, label, zrange=None if kind == "entropy" else (0.0, 1.0),
-                                               marks=marks),
-                 key=f"{key_prefix}_circuits_heat", name=f"circuits-{kind}-{name}",
-                 caption=f"Every head (rows: layer · head) at each measured step (columns), coloured by its {label} "
-                         f"score on a fixed probe of random tokens repeated twice ({source}). A row that lights up is "
-                         f"a head taking on that job.")
-    with c2:
-        ui.chart(figures.head_score_lines(z, steps, heads, label, highlight=focus, marks=marks),
-                 key=f"{key_prefix}_circuits_lines", name=f"circuits-{kind}-lines-{name}",
-                 caption=f"The same, one line per head (colour = layer); L{focus[0]} H{focus[1]} is drawn thick. "
-                         + circuits.RULE_TEXT)
-        ui.csv_download(scores, f"head-scores-{name}", key=f"{key_prefix}_circuits_csv", label="Head scores CSV")
-
-
-def history_view(hist, samples: list, name: str, key_prefix: str = "train", head_scores=None,
-                 run_dir=None, live: bool = False) -> None:
-    """Metrics and charts of a training history (live or saved), with the circuits forming."""
-    scores, source = head_score_history(head_scores, run_dir)
-    bump = circuits.induction_bump(scores)
-    last = hist.iloc[-1].to_dict() if len(hist) else {}
-
-    def num(v):
-        return v if v is not None and v == v else None
-
-    val = hist["val_loss"].dropna() if "val_loss" in hist else []
-    bpc = hist["val_bpc"].dropna() if "val_bpc" in hist else []
-    k = st.columns(5)
-    tl, tps, gn = num(last.get("train_loss")), num(last.get("tokens_per_s")), num(last.get("grad_norm"))
-    k[0].metric("Train loss", f"{tl:.3f}" if tl is not None else "–")
-    k[1].metric("Val loss", f"{val.iloc[-1]:.3f}" if len(val) else "–")
-    k[2].metric("Bits per character (val)", f"{bpc.iloc[-1]:.3f}" if len(bpc) else "–")
-    k[3].metric("Tokens / s", f"{tps:,.0f}" if tps is not None else "–")
-    k[4].metric("Gradient norm", f"{gn:.3f}" if gn is not None else "–")
-
-    c1, c2 = st.columns([3, 2])
-    with c1:
-        log_y = st.toggle("Log scale", key=state.TRAIN_LOG_Y)
-        marks = [(bump.step, bump.label())] if bump is not None else []
-        ui.chart(figures.loss_curves(hist, log_y=log_y, marks=marks), key=f"{key_prefix}_loss_chart",
-                 name=f"loss-{name}",
-                 caption="Cross-entropy per token against the training step: the line is each step's training "
-                         "batch, the diamonds the held-out validation text (the last 10% of the corpus). "
-                         "Lower is better; val above train means over-fitting."
-                         + (f" The dashed line: an induction head (L{bump.layer} H{bump.head}) forms at step "
-                            f"{bump.step:,}; see Circuits below." if bump is not None else ""))
-        ui.csv_download(hist, f"history-{name}", key=f"{key_prefix}_hist_csv", label="History CSV")
-    with c2:
-        ui.chart(figures.throughput_chart(hist), key=f"{key_prefix}_tps_chart", name=f"throughput-{name}",
-                 caption="Left: training speed in tokens per second. Right: bits per character "
-                         "(line: training batch; diamonds: validation) — comparable across tokenizers.")
-        st.markdown("**Latest sample**")
-        if samples:
-            s = samples[-1]
-            st.caption(f"Generated at step {s['step']} from a newline, temperature 0.8:")
-            st.code(s["text"][:800], language=None)
-        else:
-            st.caption("The first sample appears at the first evaluation.")
-    circuits_view(scores, source, bump, name, key_prefix, live=live)
-    c3, c4 = st.columns(2)
-    with c3:
-        ui.chart(figures.grad_norm_heatmap(hist), key=f"{key_prefix}_grad_chart", name=f"gradient-norms-{name}",
-                 caption="Gradient norm per parameter group (rows: embeddings, each block's attention and MLP, final "
-                         "LayerNorm) over the steps (columns); colour = log₁₀ of the norm. Bright stripes show "
-                         "where learning is happening.")
-    with c4:
-        ui.chart(figures.update_ratio_chart(hist), key=f"{key_prefix}_update_chart", name=f"update-ratios-{name}",
-                 caption="Size of each step's weight change relative to the weights, per group (log scale). "
-                         "Around 10⁻³ (dashed) is the usual healthy range; much higher means the learning rate "
-                         "is too high.")
-
-
 def live_view() -> None:
     """Everything that changes while the model trains. Reruns on its own every POLL_S seconds
     while a run is active (a fragment: the rest of the page is not redrawn)."""
@@ -512,9 +400,9 @@ def live_view() -> None:
     elapsed = m.get("elapsed_s") or 0.0
     frac = max(step / tc.max_steps, elapsed / tc.max_seconds if tc.max_seconds else 0.0)
     eta = m.get("eta_s")
-    eta_txt = f" · ETA {compute.format_seconds(eta)}" if snap.status == "running" and eta is not None and eta == eta else ""
+    eta_txt = f" · ETA {estimates.format_seconds(eta)}" if snap.status == "running" and eta is not None and eta == eta else ""
     st.progress(min(1.0, frac), text=f"**{snap.status}** · step {step:,} / {tc.max_steps:,} · elapsed "
-                                     f"{compute.format_seconds(elapsed)}{eta_txt}")
+                                     f"{estimates.format_seconds(elapsed)}{eta_txt}")
     if snap.status in ("diverged", "failed", "interrupted"):
         st.error(f"{snap.error or 'The training process was killed.'} The run folder {job.run_dir} keeps the last good checkpoint; it is listed in "
                  f"the sidebar.", icon=":material/error:")

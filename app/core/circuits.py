@@ -15,10 +15,7 @@ import pandas as pd
 import torch
 
 import lm_core
-from lm_core import analysis
-
-from .compute import HEAD_METRICS as KINDS  # noqa: F401  (the kinds and their display names)
-from .models import HEAD_SCORE_COLUMNS
+from lm_core import analysis, metrics
 
 INDUCTION_THRESHOLD = 0.4   # an induction score this high means an induction head has formed
 MIN_RISE = 0.15             # below this overall rise nothing is marked
@@ -34,16 +31,19 @@ def probe_scores(model: lm_core.GPT, tokenizer=None) -> dict[str, np.ndarray]:
 
 
 def long_frame(per_step: Iterable[tuple[int, Mapping[str, np.ndarray]]]) -> pd.DataFrame:
-    """``[(step, {kind: [L, H]}), …]`` -> the long format the trainer records."""
-    rows = []
-    for step, scores in per_step:
-        for kind, z in scores.items():
-            z = np.asarray(z)
-            L, H = z.shape
-            for l in range(L):
-                for h in range(H):
-                    rows.append((int(step), kind, l, h, float(z[l, h])))
-    return pd.DataFrame(rows, columns=HEAD_SCORE_COLUMNS)
+    """``[(step, {metric: [L, H]}), …]`` -> the long format the trainer records (:func:`lm_core.metrics.long_frame`)."""
+    return metrics.long_frame(per_step)
+
+
+def kinds_in(df: pd.DataFrame) -> list[str]:
+    """The registered head metrics present in a long head-score frame, in the registry's order."""
+    present = set(df["kind"]) if len(df) else set()
+    return [name for name in metrics.HEAD_METRICS if name in present]
+
+
+def strongest_head(z: np.ndarray, heads: list[tuple[int, int]], kind: str) -> tuple[int, int]:
+    """The head whose last recorded value of metric ``kind`` is the strongest (its direction decides)."""
+    return heads[metrics.head_metric(kind).strongest(z[:, -1])]
 
 
 def matrix(df: pd.DataFrame, kind: str) -> tuple[np.ndarray, list[int], list[tuple[int, int]]]:

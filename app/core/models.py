@@ -19,7 +19,7 @@ import lm_core
 from lm_core import runs as lm_runs
 from lm_core.tokenizers import CharTokenizer
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_DIR = REPO_ROOT / "assets" / "default"
 RUNS_ENV = "LM_LENS_RUNS_DIR"
 
@@ -82,10 +82,10 @@ def folder_stamp(path: Path) -> float:
         return 0.0
 
 
-HEAD_SCORE_COLUMNS = ["step", "kind", "layer", "head", "value"]
+HEAD_SCORE_COLUMNS = lm_runs.HEAD_SCORE_COLUMNS
 
 
-def head_scores_frame(source: Any) -> pd.DataFrame:
+def recorded_head_scores(source: Any) -> pd.DataFrame:
     """The head scores recorded during training (``Trainer.head_scores``, ``TrainSnapshot.head_scores``
     or ``Run.head_scores``: long format step, kind, layer, head, value); an empty frame with those
     columns when the object has none (older lm_core, older runs)."""
@@ -131,7 +131,7 @@ def from_run(run: Any, kind: str, label: str | None = None) -> LoadedModel:
         run_config=run.config,
         family=f"run:{path.resolve()}",
         final_step=run.step,
-        head_scores=head_scores_frame(run),
+        head_scores=recorded_head_scores(run),
     )
 
 

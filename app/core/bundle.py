@@ -4,7 +4,7 @@ Contents: the model's config (and the run's training settings), the training his
 every figure the page drew as HTML and PNG (plus ``index.html``, all of them on one page that
 opens offline), the activation cache of the page's text as safetensors, and ``meta.json`` /
 ``README.md`` saying what is inside. No Streamlit here: the sidebar (``active.py``) calls
-:func:`build` when "Export bundle" is clicked.
+:func:`build` when "Export bundle" is clicked and keeps the result as an :class:`ExportRecord`.
 """
 
 from __future__ import annotations
@@ -20,15 +20,33 @@ from typing import Any
 
 import torch
 
-from lm_core import export
+from lm_core import capture, export
 
 from .models import LoadedModel
-from .state import FigureRecord
 
 MAX_CACHE_BYTES = 64 * 2**20   # a larger activation cache keeps the residual stream and the patterns only
 PNG_SCALE = 2
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass
+class FigureRecord:
+    """A figure a page drew in this run: its file name stem, the figure and its caption."""
+
+    name: str
+    figure: Any                 # plotly.graph_objects.Figure
+    caption: str = ""
+
+
+@dataclass
+class ExportRecord:
+    """The last bundle built: shown as a download button on the page it was built for."""
+
+    page: str
+    file_name: str
+    data: bytes
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -83,22 +101,10 @@ def index_html(title: str, records: Mapping[str, FigureRecord]) -> bytes:
     return "".join(parts).encode("utf-8")
 
 
-@torch.no_grad()
 def capture_cache(model, ids: list[int], max_bytes: int = MAX_CACHE_BYTES) -> tuple[dict[str, torch.Tensor], str]:
     """Every hook's activation on ``ids`` (batch 1), or, above ``max_bytes``, only the residual
-    stream and the attention patterns; the note says which."""
-    idx = torch.tensor([ids], dtype=torch.long, device=model.device)
-    model.eval()
-    _, cache = model.run_with_cache(idx)
-    # clone: a hook's tensor may be another's (resid_post of block l is resid_pre of block l + 1),
-    # and safetensors refuses tensors that share memory
-    tensors = {name: cache[name].detach().float().cpu().clone() for name in cache.keys()}
-    size = sum(t.numel() * 4 for t in tensors.values())
-    if size <= max_bytes:
-        return tensors, f"all {len(tensors)} hooks"
-    keep = {k: v for k, v in tensors.items() if "resid" in k or k.endswith("hook_pattern")}
-    return keep, (f"the residual stream and attention patterns only ({len(keep)} of {len(tensors)} hooks: "
-                  f"all of them would be {size / 2**20:.0f} MB)")
+    stream and the attention patterns (:func:`lm_core.capture.activation_cache`); the note says which."""
+    return capture.activation_cache(model, list(ids), max_bytes)
 
 
 def model_config(lm: LoadedModel) -> dict[str, Any]:

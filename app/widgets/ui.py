@@ -11,9 +11,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from . import state
-from .compute import Encoded, InputProblem, encode_text, inspect_limit
-from .figures import visible
+from lm_core import metrics
+
+from .. import state
+from ..core.text import Encoded, InputProblem, encode_text, inspect_limit
+from ..figures import visible
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -159,3 +161,9 @@ def inspected_text(lm, *, height: int, help: str, min_tokens: int = 1, stop: boo
         st.warning(enc.note, icon=":material/content_cut:")
     state.set_export_text(text, enc.ids, enc.pieces)
     return enc
+
+
+def metric_help(names: Sequence[str] | None = None) -> str:
+    """The help line of a head-metric picker, from the registry: "label: what it measures; …"."""
+    names = list(names) if names is not None else list(metrics.HEAD_METRICS)
+    return "; ".join(f"{metrics.head_metric(n).label}: {metrics.head_metric(n).help}" for n in names) + "."

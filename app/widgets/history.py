@@ -1,0 +1,129 @@
+"""A training history, live or saved: loss, throughput, gradients, and the circuits forming.
+
+Drawn by the Train page for the run it trains and for the saved history of the sidebar's model.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from .. import figures, resources, state
+from ..core import circuits
+from ..core.models import recorded_head_scores, snapshot_stamp, snapshot_steps
+from lm_core import metrics
+from . import ui
+
+
+def head_score_history(recorded, run_dir) -> tuple[pd.DataFrame, str]:
+    """The head scores of a run over training, and where they come from: recorded by the trainer
+    at each evaluation, or (runs without that record) computed from its weight snapshots."""
+    recorded = recorded_head_scores(recorded)
+    if len(recorded):
+        return recorded, "recorded at each evaluation"
+    steps = snapshot_steps(run_dir) if run_dir is not None else []
+    if len(steps) < 2:
+        return recorded, ""
+    path = str(run_dir.resolve())
+    per_step = [(s, resources.snapshot_probe_scores(path, s, snapshot_stamp(run_dir, s), len(steps))) for s in steps]
+    return circuits.long_frame(per_step), f"computed from the run's {len(steps)} weight snapshots"
+
+
+def circuits_view(scores: pd.DataFrame, source: str, bump, name: str, key_prefix: str, live: bool) -> None:
+    """Head scores of every head over the steps: which circuits formed, and when."""
+    st.markdown("#### :material/hub: Circuits")
+    if not len(scores):
+        if live:
+            st.caption("No head scores yet: they are measured at each evaluation on a fixed probe (random tokens "
+                       "repeated twice), and appear here with the first one.")
+        else:
+            st.caption("This run recorded no head scores and kept no weight snapshots to measure them on, so "
+                       "there is nothing to show here. Runs trained now record them.")
+        return
+    kinds = circuits.kinds_in(scores)
+    if not kinds:
+        st.caption("This run recorded head scores of kinds this version does not know, so there is nothing to show.")
+        return
+    if st.session_state.get(state.CIRCUIT_KIND) not in kinds:
+        st.session_state[state.CIRCUIT_KIND] = kinds[0]
+    kind = st.radio("Head score", kinds, key=state.CIRCUIT_KIND, horizontal=True,
+                    format_func=lambda k: metrics.head_metric(k).label, help=ui.metric_help(kinds))
+    metric = metrics.head_metric(kind)
+    z, steps, heads = circuits.matrix(scores, kind)
+    label = metric.label
+    marks = [bump.step] if bump is not None else []
+    if bump is not None:
+        focus = (bump.layer, bump.head)
+    else:  # the head whose final score is the strongest (highest, or lowest where low means focused)
+        focus = circuits.strongest_head(z, heads, kind)
+    c1, c2 = st.columns([3, 2])
+    with c1:
+        ui.chart(figures.head_scores_over_time(z, steps, heads, label, zrange=metric.value_range,
+                                               marks=marks),
+                 key=f"{key_prefix}_circuits_heat", name=f"circuits-{kind}-{name}",
+                 caption=f"Every head (rows: layer · head) at each measured step (columns), coloured by its {label} "
+                         f"score on a fixed probe of random tokens repeated twice ({source}). A row that lights up is "
+                         f"a head taking on that job.")
+    with c2:
+        ui.chart(figures.head_score_lines(z, steps, heads, label, highlight=focus, marks=marks),
+                 key=f"{key_prefix}_circuits_lines", name=f"circuits-{kind}-lines-{name}",
+                 caption=f"The same, one line per head (colour = layer); L{focus[0]} H{focus[1]} is drawn thick. "
+                         + circuits.RULE_TEXT)
+        ui.csv_download(scores, f"head-scores-{name}", key=f"{key_prefix}_circuits_csv", label="Head scores CSV")
+
+
+def history_view(hist, samples: list, name: str, key_prefix: str = "train", head_scores=None,
+                 run_dir=None, live: bool = False) -> None:
+    """Metrics and charts of a training history (live or saved), with the circuits forming."""
+    scores, source = head_score_history(head_scores, run_dir)
+    bump = circuits.induction_bump(scores)
+    last = hist.iloc[-1].to_dict() if len(hist) else {}
+
+    def num(v):
+        return v if v is not None and v == v else None
+
+    val = hist["val_loss"].dropna() if "val_loss" in hist else []
+    bpc = hist["val_bpc"].dropna() if "val_bpc" in hist else []
+    k = st.columns(5)
+    tl, tps, gn = num(last.get("train_loss")), num(last.get("tokens_per_s")), num(last.get("grad_norm"))
+    k[0].metric("Train loss", f"{tl:.3f}" if tl is not None else "–")
+    k[1].metric("Val loss", f"{val.iloc[-1]:.3f}" if len(val) else "–")
+    k[2].metric("Bits per character (val)", f"{bpc.iloc[-1]:.3f}" if len(bpc) else "–")
+    k[3].metric("Tokens / s", f"{tps:,.0f}" if tps is not None else "–")
+    k[4].metric("Gradient norm", f"{gn:.3f}" if gn is not None else "–")
+
+    c1, c2 = st.columns([3, 2])
+    with c1:
+        log_y = st.toggle("Log scale", key=state.TRAIN_LOG_Y)
+        marks = [(bump.step, bump.label())] if bump is not None else []
+        ui.chart(figures.loss_curves(hist, log_y=log_y, marks=marks), key=f"{key_prefix}_loss_chart",
+                 name=f"loss-{name}",
+                 caption="Cross-entropy per token against the training step: the line is each step's training "
+                         "batch, the diamonds the held-out validation text (the last 10% of the corpus). "
+                         "Lower is better; val above train means over-fitting."
+                         + (f" The dashed line: an induction head (L{bump.layer} H{bump.head}) forms at step "
+                            f"{bump.step:,}; see Circuits below." if bump is not None else ""))
+        ui.csv_download(hist, f"history-{name}", key=f"{key_prefix}_hist_csv", label="History CSV")
+    with c2:
+        ui.chart(figures.throughput_chart(hist), key=f"{key_prefix}_tps_chart", name=f"throughput-{name}",
+                 caption="Left: training speed in tokens per second. Right: bits per character "
+                         "(line: training batch; diamonds: validation) — comparable across tokenizers.")
+        st.markdown("**Latest sample**")
+        if samples:
+            s = samples[-1]
+            st.caption(f"Generated at step {s['step']} from a newline, temperature 0.8:")
+            st.code(s["text"][:800], language=None)
+        else:
+            st.caption("The first sample appears at the first evaluation.")
+    circuits_view(scores, source, bump, name, key_prefix, live=live)
+    c3, c4 = st.columns(2)
+    with c3:
+        ui.chart(figures.grad_norm_heatmap(hist), key=f"{key_prefix}_grad_chart", name=f"gradient-norms-{name}",
+                 caption="Gradient norm per parameter group (rows: embeddings, each block's attention and MLP, final "
+                         "LayerNorm) over the steps (columns); colour = log₁₀ of the norm. Bright stripes show "
+                         "where learning is happening.")
+    with c4:
+        ui.chart(figures.update_ratio_chart(hist), key=f"{key_prefix}_update_chart", name=f"update-ratios-{name}",
+                 caption="Size of each step's weight change relative to the weights, per group (log scale). "
+                         "Around 10⁻³ (dashed) is the usual healthy range; much higher means the learning rate "
+                         "is too high.")
