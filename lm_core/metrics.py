@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -78,7 +79,7 @@ class HeadMetric:
 
     def strongest(self, values: Sequence[float]) -> int:
         """Index of the strongest of ``values`` (NaN never wins)."""
-        v = torch.as_tensor(values, dtype=torch.float64)
+        v = torch.tensor(np.asarray(values, dtype=np.float64))
         if not self.high_is_strong:
             v = -v
         return int(torch.nan_to_num(v, nan=float("-inf")).argmax())

@@ -76,10 +76,10 @@ def neighbours(model: lm_core.GPT, token_id: int, k: int) -> tuple[list[int], np
 def position_similarity(model: lm_core.GPT) -> np.ndarray | None:
     """Cosine similarity of every pair of learned position vectors ``[block_size, block_size]``;
     None for a model without learned positions (rotary and other relative schemes)."""
-    wpe = analysis.position_embeddings(model)
-    if wpe is None:
+    positions = analysis.position_embeddings(model)
+    if positions is None:
         return None
-    return analysis.cosine_similarity_matrix(wpe).numpy().astype(np.float32)
+    return analysis.cosine_similarity_matrix(positions).numpy().astype(np.float32)
 
 
 # -- logit lens --------------------------------------------------------------------------------
