@@ -15,7 +15,8 @@ import streamlit as st
 import lm_core
 from lm_core import corpora
 
-from .core import circuits, estimates, inspection, predictions
+from .core import circuits, estimates, predictions
+from .core import inspection as core_inspection  # the cached `inspection` below would shadow the name
 from .core.models import (LoadedModel, at_snapshot, default_model_dir, fallback_model, folder_stamp, from_run, runs_root,
                      load_folder, load_pretrained_model, load_run, snapshot_steps)
 from .training import TrainingRegistry
@@ -90,7 +91,7 @@ def live_model(run_id: str, step: int, _registry: TrainingRegistry) -> LoadedMod
 
 @st.cache_data(max_entries=48, show_spinner=False)
 def inspection(model_key: str, ids: tuple[int, ...], _model: lm_core.GPT) -> dict[str, np.ndarray]:
-    return inspection.inspect(_model, list(ids))
+    return core_inspection.inspect(_model, list(ids))
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -101,12 +102,12 @@ def embedding_projection(model_key: str, _model: lm_core.GPT, reference_key: str
     ref = None
     if _reference is not None and reference_key is not None and reference_key != model_key:
         ref = embedding_projection(reference_key, _reference)
-    return inspection.embedding_projection(_model, ref)
+    return core_inspection.embedding_projection(_model, ref)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def logit_lens(model_key: str, ids: tuple[int, ...], top_k: int, _model: lm_core.GPT) -> dict[str, np.ndarray]:
-    return inspection.logit_lens(_model, list(ids), top_k)
+    return core_inspection.logit_lens(_model, list(ids), top_k)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -147,17 +148,17 @@ def snapshot_probe_scores(path: str, step: int, stamp: float, _n_snapshots: int)
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def neighbours(model_key: str, token_id: int, k: int, _model: lm_core.GPT):
-    return inspection.neighbours(_model, token_id, k)
+    return core_inspection.neighbours(_model, token_id, k)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def position_similarity(model_key: str, _model: lm_core.GPT) -> np.ndarray | None:
-    return inspection.position_similarity(_model)
+    return core_inspection.position_similarity(_model)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def walkthrough(model_key: str, ids: tuple[int, ...], layer: int, head: int, _model: lm_core.GPT) -> dict:
-    return inspection.walkthrough(_model, list(ids), layer, head)
+    return core_inspection.walkthrough(_model, list(ids), layer, head)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

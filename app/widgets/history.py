@@ -8,10 +8,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from lm_core import metrics
+
 from .. import figures, resources, state
 from ..core import circuits
 from ..core.models import recorded_head_scores, snapshot_stamp, snapshot_steps
-from lm_core import metrics
 from . import ui
 
 
