@@ -51,8 +51,8 @@ __all__ = [
     "token_embeddings",
 ]
 
-# The ideal patterns :func:`detection_pattern` builds. The head *metrics* (these scores, entropy,
-# attention sink, …: what the trainer records and the app shows) are declared in lm_core.metrics.
+# The ideal patterns :func:`detection_pattern` builds. The head *metrics* (these scores, entropy
+# and every other per-head score the trainer records and the app shows) live in lm_core.metrics.
 HEAD_SCORE_KINDS = ("previous_token", "duplicate_token", "induction")
 
 
