@@ -55,7 +55,7 @@ def test_session_keys_are_named_in_state_only():
     assert not hits, "\n".join(hits)
     from app import state
 
-    for name in ("MODEL_PROBLEM", "GEN_PROBLEM", "TRAIN_WAS_ACTIVE"):
+    for name in ("MODEL_PROBLEM", "GEN_PROBLEM", "TRAIN_PAGE_STATUS"):
         assert getattr(state, name).startswith("_")
 
 
