@@ -9,6 +9,7 @@ folder); a time-travel slider picks which weight snapshot of a run every page sh
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import streamlit as st
@@ -19,7 +20,7 @@ from .core.bundle import ExportRecord
 from .core.models import DEFAULT_CHOICE, LoadedModel, folder_stamp, list_run_folders, runs_root, snapshot_stamp, snapshot_steps
 
 PRETRAINED_CHOICE = "pretrained"
-PRETRAINED_LABEL = "Pretrained (GPT-2 or a local folder)…"
+PRETRAINED_LABEL = "Pretrained model…"  # short: a sidebar select box cuts long labels
 
 
 # -- resolving a choice ---------------------------------------------------------------------------
@@ -126,7 +127,7 @@ def source_options() -> tuple[list[str], dict[str, str], list]:
     options = [DEFAULT_CHOICE] + [f"live:{j.run_id}" for j in live_jobs]
     labels = {DEFAULT_CHOICE: "Default model (shipped)", PRETRAINED_CHOICE: PRETRAINED_LABEL}
     for j in live_jobs:
-        labels[f"live:{j.run_id}"] = f"● {j.run_id} — training ({j.status})"
+        labels[f"live:{j.run_id}"] = "● " + run_label(j.run_id, f"training, {j.status}")
     broken = []
     for info in list_run_folders():
         key = f"run:{info.path.resolve()}"
@@ -134,12 +135,24 @@ def source_options() -> tuple[list[str], dict[str, str], list]:
             continue
         if info.ok:
             options.append(key)
-            step = f" · step {info.step}" if info.step is not None else ""
-            labels[key] = f"{info.name} ({info.status}{step})"
+            labels[key] = run_label(info.name, info.status, info.step)
         else:
             broken.append(info)
     options.append(PRETRAINED_CHOICE)
     return options, labels, broken
+
+
+_STAMP = re.compile(r"^(?P<name>.*?)-?(?P<date>\d{8})-(?P<time>\d{6})$")
+
+
+def run_label(name: str, status: str, step: int | None = None) -> str:
+    """A run's label, short enough for the sidebar, with what tells two runs apart first: the
+    time it was started (``tiny-shakespeare-20261201-041500`` -> ``12-01 04:15:00 · tiny-shakespeare``)."""
+    m = _STAMP.match(name)
+    if m:
+        d, t = m["date"], m["time"]
+        name = f"{d[4:6]}-{d[6:8]} {t[:2]}:{t[2:4]}:{t[4:6]} · {m['name'] or 'run'}"
+    return f"{name} · {status}" + (f" @ {step:,}" if step is not None else "")
 
 
 def _forget_step() -> None:
@@ -222,6 +235,7 @@ def sidebar():
         st.session_state.pop(state.MODEL_PROBLEM, None)
         base = base_model()
         problem = st.session_state.pop(state.MODEL_PROBLEM, None)
+        st.session_state[state.MODEL_FALLBACK] = problem  # the page says it too (fallback_notice)
         if problem:
             st.error(problem, icon=":material/error:")
         _, default_problem = resources.default_model()
@@ -253,6 +267,15 @@ def sidebar():
         st.divider()
         slot = st.container()
     return slot
+
+
+def fallback_notice() -> None:
+    """At the top of the page: the chosen model could not be loaded, so the page shows the
+    default model (never silently)."""
+    problem = st.session_state.get(state.MODEL_FALLBACK)
+    if problem:
+        st.warning(f"This page shows the shipped default model, not the one chosen in the sidebar: {problem}",
+                   icon=":material/warning:")
 
 
 def export_controls(slot, page: str) -> None:

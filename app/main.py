@@ -32,5 +32,6 @@ PAGES = [st.Page(p.file, title=p.title, icon=p.icon, url_path=p.url, default=p.d
 
 page = st.navigation(PAGES)
 export_slot = active.sidebar()
+active.fallback_notice()
 page.run()
 active.export_controls(export_slot, page.title)  # after the page: it offers what the page drew

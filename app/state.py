@@ -109,6 +109,7 @@ TRAIN_PAGE_STATUS = "_train_page_status"  # the run's status when the Train page
 
 # Internal keys (not widgets): a message or flag one part of a run leaves for another.
 MODEL_PROBLEM = "_model_problem"       # why the chosen model (or its snapshot) could not load; the sidebar shows it
+MODEL_FALLBACK = "_model_fallback"     # this run's pages show the default model because the choice failed: why
 GEN_PROBLEM = "_gen_problem"           # Generate: why the last branch failed (shown after the rerun)
 LIVE_REFRESH = "_live_refresh"         # sidebar button: use the live run's latest weights
 

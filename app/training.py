@@ -40,6 +40,7 @@ import lm_core
 from lm_core import runs as lm_runs
 from lm_core.train import TrainSnapshot
 from lm_core.train.control import ACTIVE as LM_ACTIVE
+from lm_core.train.control import LAUNCHED_AT_ENV
 from lm_core.train.control import request as control_request
 
 from .core.models import LoadedModel, recorded_head_scores
@@ -119,8 +120,10 @@ class TrainingJob:
         """Start ``python -m lm_core train --out RUN --resume`` for this run folder."""
         cmd = [sys.executable, "-m", "lm_core", "train", "--out", str(self.run_dir), "--resume", "--quiet",
                "--num-threads", str(threads)]
+        self.launched = time.time()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]),
-               "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+               "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
+               LAUNCHED_AT_ENV: repr(self.launched)}  # a Stop clicked while it starts is for it
         log = open(self.run_dir / LOG_FILE, "ab")
         try:
             # a session of its own: Ctrl+C on the server's terminal does not reach it, so a run
@@ -129,7 +132,6 @@ class TrainingJob:
                                          stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             log.close()
-        self.launched = time.time()
 
     def _status_file(self) -> dict[str, Any]:
         try:

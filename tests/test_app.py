@@ -425,13 +425,26 @@ def test_a_run_folder_that_fails_to_load_is_an_error_not_a_crash(env, default_mo
     assert not at.exception
     assert any("could not be loaded" in e.value for e in at.sidebar.error)
     assert charts(at)  # the default model stands in; the page still works
+    # ... and the page says so, not only the sidebar: never a silent fallback
+    main_warnings = [w.value for w in at.warning if w not in list(at.sidebar.warning)]
+    assert any("shows the shipped default model" in w and "broken" in w for w in main_warnings)
+
+
+def test_run_labels_put_what_tells_runs_apart_first():
+    from app.active import run_label
+
+    a = run_label("tiny-shakespeare-20261201-041500", "finished", 4000)
+    b = run_label("tiny-shakespeare-20261201-041733", "finished", 4000)
+    # what differs comes first, so a sidebar that cuts the end of a label still tells them apart
+    assert a.startswith("12-01 04:15:00 · tiny") and b.startswith("12-01 04:17:33 · tiny")
+    assert run_label("my-run", "stopped") == "my-run · stopped"
 
 
 def test_a_good_run_folder_can_be_picked(env):
     make_tiny_run(env / "mine", steps=10)
     at = app()
     picker = at.sidebar.selectbox(key="model_choice")
-    assert "mine (finished · step 10)" in picker.options  # labels shown to the user
+    assert "mine · finished @ 10" in picker.options  # labels shown to the user
     picker.set_value(f"run:{(env / 'mine').resolve()}").run()
     no_problem(at)
     assert at.session_state["model_choice"].endswith("/mine")

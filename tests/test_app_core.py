@@ -188,3 +188,22 @@ def test_circuits_pick_the_strongest_head_by_direction():
     assert steps == [0, 10, 20] and circuits.strongest_head(z, heads, "entropy") == (0, 0)  # lowest: focused
     z, _, heads = circuits.matrix(df, "induction")
     assert circuits.strongest_head(z, heads, "induction") == (0, 1)  # highest
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0.4, "400 ms"), (0.9996, "1 s"), (59.6, "60 s"), (299.7, "5 min 00 s"), (239.5, "4 min 00 s"),
+    (299.4, "4 min 59 s"), (3599.7, "1 h 00 min"), (7199.0, "2 h 00 min"), (None, "–"), (float("nan"), "–"),
+])
+def test_durations_never_read_60_seconds_or_minutes(seconds, text):
+    from app.core.estimates import format_seconds
+
+    assert format_seconds(seconds) == text
+
+
+def test_problem_text_keeps_the_error_and_the_advice_as_two_sentences():
+    from app.widgets.ui import problem_text
+
+    assert problem_text(ValueError("n_head=3 does not divide n_embd=64"), "Change the settings.") == \
+        "n_head=3 does not divide n_embd=64. Change the settings."
+    assert problem_text(ValueError("The file is empty."), "Pick another.") == "The file is empty. Pick another."
+    assert problem_text(ValueError("bad"), "") == "bad"

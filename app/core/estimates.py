@@ -15,13 +15,20 @@ def measure_step_time(cfg: lm_core.ModelConfig, batch_size: int, steps: int = 3,
 
 
 def format_seconds(s: float | None) -> str:
+    """A duration as a person reads it: "850 ms", "42 s", "4 min 05 s", "1 h 02 min".
+
+    Rounded once, to the unit shown, before it is split: 299.7 s is "5 min 00 s", never
+    "4 min 60 s"."""
     if s is None or not math.isfinite(s):
         return "–"
     s = max(0.0, float(s))
     if s < 1:
-        return f"{s * 1000:.0f} ms"
+        ms = round(s * 1000)
+        return f"{ms} ms" if ms < 1000 else "1 s"
     if s < 90:
-        return f"{s:.0f} s"
-    if s < 3600:
-        return f"{s // 60:.0f} min {s % 60:02.0f} s"
-    return f"{s // 3600:.0f} h {(s % 3600) // 60:02.0f} min"
+        return f"{round(s)} s"
+    if s < 3600 - 0.5:
+        whole = round(s)
+        return f"{whole // 60} min {whole % 60:02d} s"
+    minutes = round(s / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min"

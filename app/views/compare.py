@@ -113,7 +113,9 @@ if T < 2:
     st.stop()
 m1, m2, _ = st.columns([1, 1, 2])
 m1.metric(f"Loss on this text, {name_a}", f"{pred['loss_a']:.4f}")
-m2.metric(f"Loss on this text, {name_b}", f"{pred['loss_b']:.4f}", delta=f"{pred['loss_b'] - pred['loss_a']:+.4f}",
+diff = pred["loss_b"] - pred["loss_a"]
+m2.metric(f"Loss on this text, {name_b}", f"{pred['loss_b']:.4f}",
+          delta=f"{diff:+.4f}" if abs(diff) >= 5e-5 else None,  # equal sides: no red "↑ +0.0000"
           delta_color="inverse", help="Mean cross-entropy of each next token, nats; the delta is B − A.")
 if ss.get(state.CMP_POS) not in range(T - 1):
     ss[state.CMP_POS] = T - 2

@@ -126,8 +126,15 @@ def token_strip(pieces: Sequence[str], ids: Sequence[int], highlight: int | None
 
 def show_problem(exc: BaseException, what_to_do: str = "") -> None:
     """An error the user can act on, as ``st.error`` (never a traceback)."""
+    st.error(problem_text(exc, what_to_do), icon=":material/error:")
+
+
+def problem_text(exc: BaseException, what_to_do: str = "") -> str:
+    """The error's sentence, then what to do, as two sentences: never run together."""
     msg = str(exc).strip() or type(exc).__name__
-    st.error(f"{msg} {what_to_do}".strip(), icon=":material/error:")
+    if what_to_do and not msg.endswith((".", "!", "?", ":")):
+        msg += "."
+    return f"{msg} {what_to_do}".strip()
 
 
 def page_header(title: str, blurb: str) -> None:

@@ -209,7 +209,20 @@ class Control:
 
 # ----------------------------------------------------------------------------- control.json
 
-_PROCESS_START = time.time()  # lm_core is imported at a training process's start
+# When this training process was launched: requests older than that are a previous session's.
+# A launcher sets LM_LENS_LAUNCHED_AT (unix seconds) so a request written while the process was
+# still importing (a Stop clicked at once) counts; otherwise lm_core's import time stands in.
+LAUNCHED_AT_ENV = "LM_LENS_LAUNCHED_AT"
+
+
+def _launched_at() -> float:
+    try:
+        return min(time.time(), float(os.environ[LAUNCHED_AT_ENV]))
+    except (KeyError, ValueError):
+        return time.time()
+
+
+_PROCESS_START = _launched_at()
 
 
 def request(run_dir: str | os.PathLike[str], action: str) -> None:
