@@ -514,3 +514,26 @@ def test_recorded_head_scores_drive_the_circuits_panel_and_the_bump(env, monkeyp
     finally:
         job.stop()
         job.wait(60)
+
+
+def test_circuits_never_lose_a_column_when_the_record_starts_late(tmp_path):
+    """Live, the panel once switched from a run's weight snapshots to its first recorded
+    evaluation and dropped to one column: the steps the record lacks are kept, from snapshots."""
+    from app.core import circuits
+    from app.widgets.history import head_score_history
+    from test_app import make_tiny_run
+
+    run = make_tiny_run(tmp_path / "run", steps=30)
+    snaps = lm_runs.list_snapshot_steps(run)
+    assert len(snaps) >= 3
+    full = lm_runs.load_run(run).head_scores
+    late = full[full["step"] == full["step"].max()]  # a record that starts late: one evaluation
+    from types import SimpleNamespace
+
+    scores, source = head_score_history(SimpleNamespace(head_scores=late), run)  # as TrainSnapshot carries it
+    assert set(scores["step"]) == {s for s in snaps if s < full["step"].max()} | set(late["step"])
+    assert "recorded" in source and "snapshots" in source
+    z, steps, heads = circuits.matrix(scores, "induction")
+    assert z.shape[1] == len(steps) >= 3
+    only_record, src = head_score_history(SimpleNamespace(head_scores=full), run)  # a record that covers every snapshot: used as is
+    assert set(only_record["step"]) == set(full["step"]) and src == "recorded at each evaluation"

@@ -18,16 +18,23 @@ from . import ui
 
 def head_score_history(recorded, run_dir) -> tuple[pd.DataFrame, str]:
     """The head scores of a run over training, and where they come from: recorded by the trainer
-    at each evaluation, or (runs without that record) computed from its weight snapshots."""
+    at each evaluation, and computed from its weight snapshots before the record starts (runs
+    from before the record, or one resumed by an older version), so a column once shown never
+    goes away. Snapshots between recorded evaluations are not scored: the record is the curve."""
     recorded = recorded_head_scores(recorded)
-    if len(recorded):
-        return recorded, "recorded at each evaluation"
+    have = set(recorded["step"]) if len(recorded) else set()
     steps = snapshot_steps(run_dir) if run_dir is not None else []
-    if len(steps) < 2:
-        return recorded, ""
+    missing = [s for s in steps if not have or s < min(have)]
+    if not missing or (not have and len(steps) < 2):
+        return recorded, "recorded at each evaluation" if have else ""
     path = str(run_dir.resolve())
-    per_step = [(s, resources.snapshot_probe_scores(path, s, snapshot_stamp(run_dir, s), len(steps))) for s in steps]
-    return circuits.long_frame(per_step), f"computed from the run's {len(steps)} weight snapshots"
+    per_step = [(s, resources.snapshot_probe_scores(path, s, snapshot_stamp(run_dir, s), len(steps))) for s in missing]
+    computed = circuits.long_frame(per_step)
+    if not have:
+        return computed, f"computed from the run's {len(steps)} weight snapshots"
+    both = pd.concat([recorded, computed], ignore_index=True).sort_values(["step", "kind", "layer", "head"],
+                                                                           kind="stable", ignore_index=True)
+    return both, f"recorded at each evaluation, and computed from {len(missing)} weight snapshots before that"
 
 
 def circuits_view(scores: pd.DataFrame, source: str, bump, name: str, key_prefix: str, live: bool) -> None:
