@@ -65,14 +65,28 @@ def split_text(text: str, tokenizer, block_size: int) -> tuple[Split, Split]:
     for name, part in parts:
         ids = torch.tensor(tokenizer.encode(part), dtype=torch.long)
         if len(ids) < block_size + 1:
-            where = "first 90%" if name == "train" else "last 10%"
-            raise ValueError(
-                f"the {name} split (the {where} of a {len(text):,}-character text) has {len(ids)} "
-                f"tokens, fewer than block_size + 1 = {block_size + 1}; use a longer text or a "
-                f"smaller block_size"
-            )
+            raise _too_short(name, len(text), len(ids), block_size)
         splits.append(Split(name, ids, len(part)))
     return splits[0], splits[1]
+
+
+def _too_short(name: str, n_chars: int, n_tokens: int, block_size: int, about: str = "") -> ValueError:
+    where = "first 90%" if name == "train" else "last 10%"
+    return ValueError(
+        f"the {name} split (the {where} of a {n_chars:,}-character text) has {about}{n_tokens} "
+        f"tokens, fewer than block_size + 1 = {block_size + 1}; use a longer text or a "
+        f"smaller block_size"
+    )
+
+
+def check_text_fits(text: str, block_size: int, tokens_per_char: float = 1.0) -> None:
+    """Raise the ``ValueError`` :func:`split_text` would, without encoding: each split needs
+    ``block_size + 1`` tokens, estimated as characters × ``tokens_per_char`` (exact for a
+    character tokenizer). For a form that refuses a corpus when it is chosen, not at Start."""
+    for name, part in zip(("train", "val"), split_chars(text)):
+        n = int(len(part) * tokens_per_char)
+        if n < block_size + 1:
+            raise _too_short(name, len(text), n, block_size, about="" if tokens_per_char == 1.0 else "about ")
 
 
 def get_batch(ids: torch.Tensor, batch_size: int, block_size: int, seed: int, stream: int,

@@ -370,17 +370,19 @@ def test_paste_empty_text_keeps_the_loaded_corpus(env):
     assert at.session_state["train_corpus"] is before
 
 
-def test_text_shorter_than_the_context_is_refused_at_start(env):
+def test_text_shorter_than_the_context_is_refused_when_chosen(env):
     at = app()
     at.switch_page("views/train.py").run()
     at.radio(key="train_source").set_value("Paste text").run()
     at.text_area(key="train_paste").set_value("a short text " * 5).run()
     at.button(key="train_btn_paste").click().run()
-    no_problem(at)
-    at.button(key="train_btn_start").click().run()
     assert not at.exception
-    assert at.error and "Start training again" in at.error[0].value
-    assert not any(env.iterdir())  # no half-made run folder is left behind
+    # said as soon as the text is chosen, with what to do, and Start cannot be pressed
+    assert any("fewer than block_size + 1" in e.value and "smaller context" in e.value for e in at.error)
+    assert at.button(key="train_btn_start").disabled
+    at.number_input(key="train_block_size").set_value(4).run()  # a context that fits: accepted
+    assert not at.error and not at.button(key="train_btn_start").disabled
+    assert not any(env.iterdir())  # nothing was written
 
 
 def test_tiny_shakespeare_is_there_offline_and_a_failed_fresh_download_keeps_it(env, monkeypatch):

@@ -9,6 +9,7 @@ import streamlit as st
 
 import lm_core
 from lm_core import corpora
+from lm_core.data import check_text_fits
 from lm_core.presets import PRESETS
 from lm_core.tokenizers import MIN_BPE_VOCAB_SIZE
 from lm_core.recipes import build_trainer
@@ -217,6 +218,15 @@ def settings_section() -> tuple[lm_core.ModelConfig | None, dict | None]:
     except ValueError as e:
         ui.show_problem(e, "Change the advanced settings so that they fit together.")
         return None, None
+    if cur is not None:  # a corpus too short for the context is refused now, not at Start
+        tpc = 1.0 if ss[state.TRAIN_TOKENIZER] == "char" else \
+            resources.tokens_per_char(cur.text, "bpe", int(ss[state.TRAIN_VOCAB]))[0]
+        try:
+            check_text_fits(cur.text, mc.block_size, tpc)
+        except ValueError as e:
+            ui.show_problem(e, "Choose a longer corpus (section 1) or a smaller context (block size) in the "
+                               "advanced settings.")
+            return None, None
 
     tokens_per_step = int(ss[state.TRAIN_BATCH]) * mc.block_size
     flops = 6 * mc.n_params * tokens_per_step
