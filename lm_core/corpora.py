@@ -8,6 +8,9 @@
   is there (or with ``fresh=True``), downloaded once into a cache folder and checksummed;
 * ``"synthetic:<task>"`` or ``"synthetic:<task>?n=2000&seed=3"``: a generated algorithmic task
   (see :data:`SYNTHETIC_TASKS`), deterministic for a seed;
+* ``"builtin:python-docs?chars=6000"`` or ``"tiny-shakespeare?chars=6000"``: only the first
+  ``chars`` characters of that corpus (a text small enough for a model to memorise: the
+  over-fitting demonstration);
 * a path to a UTF-8 text file.
 
 Every corpus comes back as one ``str``; bad input raises ``ValueError`` with a sentence that
@@ -639,9 +642,24 @@ def _load_synthetic(spec: str) -> str:
 
 VALID_FORMS = (
     f"{', '.join(BUILTIN_CORPORA)}, {TINY_SHAKESPEARE}, synthetic:<task> (tasks: "
-    f"{', '.join(SYNTHETIC_TASKS)}; optional '?n=<lines>&seed=<int>'), or a path to a UTF-8 "
-    "text file"
+    f"{', '.join(SYNTHETIC_TASKS)}; optional '?n=<lines>&seed=<int>'), either of the first two "
+    "cut to its first characters ('?chars=<n>'), or a path to a UTF-8 text file"
 )
+MIN_SLICE_CHARS = 100
+
+
+def _split_slice(spec: str) -> tuple[str, int | None]:
+    """``"builtin:python-docs?chars=6000"`` -> ``("builtin:python-docs", 6000)``; other specs unchanged."""
+    base, sep, query = spec.partition("?chars=")
+    if not sep or not (base in _BUILTIN_LOADERS or base == TINY_SHAKESPEARE):
+        return spec, None
+    try:
+        n = int(query)
+    except ValueError:
+        raise ValueError(f"Corpus spec {spec!r}: chars={query!r} is not a whole number of characters.") from None
+    if n < MIN_SLICE_CHARS:
+        raise ValueError(f"Corpus spec {spec!r}: chars={n} is too short; keep at least {MIN_SLICE_CHARS} characters.")
+    return base, n
 
 
 def load_corpus(
@@ -660,6 +678,9 @@ def load_corpus(
         return _read_corpus_file(Path(spec).expanduser())
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"Corpus spec {spec!r} is empty or not text; use one of: {VALID_FORMS}.")
+    base, chars = _split_slice(spec)
+    if chars is not None:
+        return load_corpus(base, progress=progress, cache_dir=cache_dir)[:chars]
     if spec in _BUILTIN_LOADERS:
         return _BUILTIN_LOADERS[spec]()
     if spec.startswith("builtin:"):
