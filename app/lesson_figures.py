@@ -24,10 +24,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from app.figures import (ACCENT, GROUP_COLOURS, MUTED, PRIMARY, _category_ticks, _col, _layout, as_f32,
-                         colorscale, downsample_history, loss_curves, token_labels, visible)
+                         candidate_labels, colorscale, downsample_history, loss_curves, token_labels, visible)
 
 __all__ = ["BASELINE_COLOURS", "loss_with_baselines", "surprise_strip", "surprise_comparison",
-           "overfit_curves"]
+           "overfit_curves", "next_token_comparison"]
 
 # unigram, bigram, trigram, 4-gram: distinct from the train (PRIMARY) and val (ACCENT) series
 BASELINE_COLOURS = ["#6c757d", "#17a398", "#8c4fa1", "#f3a712"]
@@ -43,19 +43,21 @@ def _baseline_colour(b: Mapping[str, Any], i: int) -> str:
 
 def loss_with_baselines(history: pd.DataFrame | None, baselines: Sequence[Mapping[str, Any]],
                         passed_at: Mapping[str, int | None] | None = None, log_y: bool = False,
-                        title: str = "Loss against the n-gram baselines") -> go.Figure:
+                        title: str = "Loss against the n-gram baselines",
+                        marks: Sequence[tuple[float, str]] = ()) -> go.Figure:
     """Train and val loss (as :func:`app.figures.loss_curves`) with one horizontal dotted line
     per baseline at its val loss, labelled by name ("unigram", "bigram Markov chain", …), and
     a ring on each line at the step where the transformer's val loss first went below it.
 
     ``baselines`` are rows of :func:`lm_core.ngram.baseline_losses` (``name``, ``val_loss``,
     optionally ``n``); ``passed_at`` maps a name to a step or None (computed from the history
-    when not given).
+    when not given). ``marks``: (step, label) vertical lines, as in :func:`app.figures.loss_curves`
+    (where an induction head formed, where val was best, where the run stopped).
     """
     from lm_core.ngram import passed_at as _passed_at
 
     fig = loss_curves(history if history is not None else pd.DataFrame(columns=["step"]), log_y=log_y,
-                      title=title)
+                      title=title, marks=marks)
     step = _col(history, "step") if history is not None else None
     finite = step[np.isfinite(step)] if step is not None else np.zeros(0)
     x0, x1 = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -267,4 +269,34 @@ def overfit_curves(runs, title: str = "Train and val loss: where the curves part
     _layout(fig, title, height=380, legend=dict(orientation="h", y=-0.2, x=0, xanchor="left"))
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text="cross-entropy (nats/token)", type="log" if log_y else "linear")
+    return fig
+
+
+# ----------------------------------------------------------------------------- next token: model vs. bigram
+
+
+def next_token_comparison(pieces: Sequence[str], p_model, p_baseline,
+                          names: tuple[str, str] = ("transformer", "bigram Markov chain"),
+                          title: str | None = None) -> go.Figure:
+    """One context's next-token candidates, two bars each: the transformer's probability and the
+    baseline's (both at temperature 1), in the order given (most likely under the baseline first).
+
+    ``p_model`` may hold NaN for a candidate outside the transformer's kept top-k (no bar; the
+    hover says so)."""
+    labels = candidate_labels(list(pieces))
+    m, b = as_f32(p_model).reshape(-1), as_f32(p_baseline).reshape(-1)
+    if not (len(labels) == len(m) == len(b)):
+        raise ValueError(f"expected one probability per candidate ({len(labels)}), got {len(m)} and {len(b)}")
+    fig = go.Figure()
+    fig.add_trace(go.Bar(y=labels, x=b, orientation="h", name=names[1], marker=dict(color=BASELINE_COLOURS[1]),
+                         hovertemplate="%{y}<br>" + names[1] + " p %{x:.3f}<extra></extra>"))
+    hover = [f"{names[0]} p {v:.3f}" if np.isfinite(v) else f"not among the {names[0]}'s top candidates"
+             for v in m]
+    fig.add_trace(go.Bar(y=labels, x=np.nan_to_num(m, nan=0.0).astype(np.float32), orientation="h",
+                         name=names[0], marker=dict(color=PRIMARY), customdata=hover,
+                         hovertemplate="%{y}<br>%{customdata}<extra></extra>"))
+    _layout(fig, title, height=max(220, 26 * len(labels) + 90), barmode="group",
+            legend=dict(orientation="h", y=-0.15))
+    fig.update_yaxes(type="category", autorange="reversed", automargin=True)
+    fig.update_xaxes(title_text="probability of the next token", rangemode="tozero")
     return fig

@@ -19,6 +19,7 @@ PAGES: tuple[PageSpec, ...] = (
     PageSpec("Train", "views/train.py", "train", ":material/model_training:"),
     PageSpec("Attention", "views/attention.py", "attention", ":material/grid_on:", default=True),
     PageSpec("Generate", "views/generate.py", "generate", ":material/edit_note:"),
+    PageSpec("Surprise", "views/surprise.py", "surprise", ":material/bolt:"),
     PageSpec("Embeddings", "views/embeddings.py", "embeddings", ":material/scatter_plot:"),
     PageSpec("Logit lens", "views/logit_lens.py", "logit-lens", ":material/layers:"),
     PageSpec("Ablation", "views/ablation.py", "ablation", ":material/content_cut:"),

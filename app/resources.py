@@ -14,8 +14,11 @@ import streamlit as st
 
 import lm_core
 from lm_core import corpora
+from lm_core import surprise as lm_surprise
+from lm_core.ngram import NGramModels
+from lm_core.surprise import SurpriseComparison
 
-from .core import circuits, estimates, predictions
+from .core import circuits, estimates, lessons, predictions
 from .core import inspection as core_inspection  # the cached `inspection` below would shadow the name
 from .core.models import (LoadedModel, at_snapshot, default_model_dir, fallback_model, folder_stamp, from_run, runs_root,
                      load_folder, load_pretrained_model, load_run, snapshot_steps)
@@ -186,3 +189,36 @@ def tokens_per_char(text: str, kind: str, vocab_size: int) -> tuple[float, int]:
     sample = text[:200_000]
     tok = CharTokenizer.train(sample) if kind == "char" else BPETokenizer.train(sample, vocab_size=vocab_size)
     return tok.tokens_per_char(sample), tok.vocab_size
+
+
+# -- the article's lessons: n-gram baselines and surprise ---------------------------------------
+
+
+@st.cache_resource(max_entries=4, show_spinner="Counting the corpus' bigrams…")
+def corpus_ngrams(family: str, spec: str | None, _tokenizer) -> NGramModels:
+    """Unigram and bigram models of a model's corpus (its train split, in its tokenizer's ids),
+    one per model ``family`` (a run keeps its tokenizer at every step). Shared, immutable.
+    Raises ``lessons.NoCorpus`` (not cached) when the corpus is unknown or cannot be loaded."""
+    return lessons.corpus_ngrams(spec, _tokenizer, max_n=2)
+
+
+@st.cache_data(max_entries=8, show_spinner="Computing the n-gram baselines of the corpus…")
+def corpus_baselines(family: str, spec: str | None, _tokenizer) -> list[dict]:
+    """The n-gram baselines of a run saved without ``baselines.json`` (the shipped default model,
+    older runs): raises ``lessons.NoCorpus`` when its corpus is unknown, missing or too large."""
+    return lessons.corpus_baselines(spec, _tokenizer)
+
+
+@st.cache_data(max_entries=16, show_spinner="Scoring every token…")
+def surprise(model_key: str, family: str, spec: str | None, ids: tuple[int, ...], n_chars: int,
+             _model: lm_core.GPT, _tokenizer, _ngrams: NGramModels) -> SurpriseComparison:
+    """The transformer's and the bigram's loss on each token of ``ids`` (``lm_core.surprise``)."""
+    m = lm_surprise.model_surprise(_model, list(ids), tokenizer=_tokenizer, n_chars=n_chars)
+    b = lm_surprise.ngram_surprise(_ngrams, list(ids), 2, tokenizer=_tokenizer, n_chars=n_chars)
+    return SurpriseComparison(m, b, (b.losses - m.losses).astype(np.float32))
+
+
+@st.cache_data(max_entries=16, show_spinner="Scoring every token…")
+def model_surprise(model_key: str, ids: tuple[int, ...], n_chars: int, _model: lm_core.GPT, _tokenizer):
+    """The transformer's loss on each token of ``ids`` alone (no baseline to compare with)."""
+    return lm_surprise.model_surprise(_model, list(ids), tokenizer=_tokenizer, n_chars=n_chars)

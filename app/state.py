@@ -100,11 +100,14 @@ TRAIN_LR = "train_lr"
 TRAIN_STEPS = "train_steps"
 TRAIN_DROPOUT = "train_dropout"
 TRAIN_MAX_MINUTES = "train_max_minutes"
+TRAIN_PATIENCE = "train_patience"      # early stopping: evaluations without a better val loss (0 = off)
 TRAIN_LOG_Y = "train_log_y"
 TRAIN_ESTIMATE = "train_estimate"      # (settings key, seconds per step)
 TRAIN_NOTICE = "train_notice"          # a message to show once after a rerun
 TRAIN_START_INDUCTION = "train_start_induction"  # set by "Train an induction model": start on this run
 TRAIN_INDUCTION_PROBLEM = "train_induction_problem"  # why that button could not fill the settings
+TRAIN_START_DEMO = "train_start_demo"  # set by the over-fitting demo's buttons: the preset to start on this run
+TRAIN_DEMO_PROBLEM = "train_demo_problem"  # why a demo button could not fill the settings
 TRAIN_PAGE_STATUS = "_train_page_status"  # the run's status when the Train page was last drawn in full
 
 # Internal keys (not widgets): a message or flag one part of a run leaves for another.
@@ -156,7 +159,7 @@ WIDGET_DEFAULTS: dict[str, Any] = {
 # Value widgets whose state outlives a page switch (never buttons, uploaders or charts).
 PERSISTENT: tuple[str, ...] = tuple(WIDGET_DEFAULTS) + (
     TRAIN_SYNTH, TRAIN_PRESET, TRAIN_N_LAYER, TRAIN_N_HEAD, TRAIN_N_EMBD, TRAIN_BLOCK, TRAIN_BATCH,
-    TRAIN_LR, TRAIN_STEPS, TRAIN_DROPOUT, EMB_TOKEN, MECH_QUERY, GEN_SCRUB, GEN_BRANCH_PICK,
+    TRAIN_LR, TRAIN_STEPS, TRAIN_DROPOUT, TRAIN_PATIENCE, EMB_TOKEN, MECH_QUERY, GEN_SCRUB, GEN_BRANCH_PICK,
     TIME_STEP, EMB_WORD, LENS_POS, ABL_POS, CMP_A, CMP_A_STEP, CMP_B, CMP_B_STEP, CMP_POS,
 )
 

@@ -227,6 +227,10 @@ class TrainingJob:
     def history(self) -> pd.DataFrame:
         return self._cached(lm_runs.HISTORY_FILE, lm_runs.read_history, pd.DataFrame(columns=["step"]))
 
+    def baselines(self) -> list[dict[str, Any]]:
+        """The run's n-gram baselines (``baselines.json``, written before training starts; ``[]`` if none)."""
+        return self._cached(lm_runs.BASELINES_FILE, lm_runs.read_baselines, [])
+
     def poll(self, weights: bool = False) -> TrainSnapshot:
         """What the run has written so far: history, latest metrics, samples, head scores, and
         (with ``weights``) the weights of its latest checkpoint."""

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import figures, state
+from app import figures, lesson_figures, resources, state
 from app.active import active_model
-from app.core import generation
+from app.core import generation, lessons
+from app.core.models import corpus_spec
 from app.core.text import InputProblem, encode_text
 from app.widgets import ui
 
@@ -200,6 +201,41 @@ with right:
              key="gen_attn_row", name=f"generation-attention-step-{at}",
              caption="One row per head (layer by layer): how the last context position — the one whose "
                      "output predicted this token — spread its attention over the context. Darker = more.")
+
+
+
+def bigram_beside() -> None:
+    """The bigram Markov chain's next-token distribution for the same context: what the previous
+    token alone predicts, next to what the transformer predicts from the whole context."""
+    try:
+        ngrams = resources.corpus_ngrams(lm.family, corpus_spec(lm), lm.tokenizer)
+    except lessons.NoCorpus as e:
+        st.caption(f":material/info: No bigram comparison here: {e}.")
+        return
+    context = ids_all[rec.context_start:rec.position]
+    p_bigram = ngrams.next_token_probs(context, 2)
+    model_p = {int(i): float(q) for i, q in zip(rec.top_ids, rec.top_before)}
+    ids = lessons.top_union(np.array([model_p.get(i, 0.0) for i in range(len(p_bigram))]), p_bigram,
+                            k=min(8, len(rec.top_ids)))
+    pieces = pieces_of(ids)
+    p_model = np.array([model_p.get(i, np.nan) for i in ids])
+    prev = figures.visible(pieces_of([context[-1]])[0]) if context else ""
+    ui.chart(lesson_figures.next_token_comparison(
+                 pieces, p_model, p_bigram[ids],
+                 title=f"Step {at}: after '{prev}', the bigram vs. the transformer"),
+             key="gen_bigram", name=f"bigram-vs-transformer-step-{at}",
+             caption=f"Green: the bigram Markov chain, which predicts from the previous token ('{prev}') alone, "
+                     f"counted on the model's training text; blue: the transformer, which sees the whole context "
+                     f"({len(context)} tokens). Where they differ, the transformer is using tokens further back "
+                     f"(through attention). A candidate without a blue bar is outside the transformer's top "
+                     f"{len(rec.top_ids)}.")
+    ui.csv_download(lessons.next_token_table(pieces, ids, p_model, p_bigram[ids]), f"bigram-step-{at}",
+                    key="gen_bigram_csv", label="Bigram vs. transformer CSV")
+
+
+with st.expander("What does looking further back buy? The bigram Markov chain beside the transformer",
+                 expanded=True):
+    bigram_beside()
 
 st.divider()
 h1, h2, _ = st.columns([1, 1, 4])

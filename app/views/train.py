@@ -14,14 +14,14 @@ from lm_core.presets import PRESETS
 from lm_core.tokenizers import MIN_BPE_VOCAB_SIZE
 from lm_core.recipes import build_trainer
 
-from app import resources, state
+from app import lesson_figures, resources, state
 from app.active import active_model
-from app.core import estimates
+from app.core import estimates, lessons
 from app.core.corpus import Corpus
 from app.core.models import runs_root
 from app.training import ACTIVE, AlreadyTraining, NotYours, TrainingJob
 from app.widgets import ui
-from app.widgets.history import history_view
+from app.widgets.history import history_view, saved_baselines
 
 POLL_S = 1.5                # live view refresh while a run is active (each poll costs ~0.1 s of CPU)
 PREVIEW_CHARS = 600
@@ -29,6 +29,8 @@ SOURCES = ["Built-in", "Tiny Shakespeare", "Upload a .txt", "Paste text", "Synth
 DEFAULT_PRESET = "default"
 INDUCTION_PRESET = "induction"
 INDUCTION_INSPECT_TEXT = "xkcdmzqwhtbf" * 2  # within the preset's 32-token context
+NO_LIVE_BASELINES = ("No n-gram baselines for this run: its text is over 20 MB or its vocabulary over 4,096 "
+                     "tokens, where counting them would hold up the start.")
 AUTO_MEASURE_FLOPS = 3e10   # measure the step time automatically below this much work per step
 
 ui.page_header("Train", "Train a small GPT on a text of your choice and watch its loss, gradients and "
@@ -65,6 +67,7 @@ def _apply_preset() -> None:
         v = _preset_value(name, part, field)
         st.session_state[key] = float(v) if field in ("dropout", "learning_rate") else int(v)
     p = PRESETS[name]
+    st.session_state[state.TRAIN_PATIENCE] = int(p.train.get("early_stopping_patience") or 0)
     budget = p.train.get("max_seconds")
     st.session_state[state.TRAIN_MAX_MINUTES] = (max(1, round(budget / 60)) if budget
                                                  else state.WIDGET_DEFAULTS[state.TRAIN_MAX_MINUTES])
@@ -72,7 +75,7 @@ def _apply_preset() -> None:
 
 if st.session_state.get(state.TRAIN_PRESET) not in PRESETS:
     st.session_state[state.TRAIN_PRESET] = DEFAULT_PRESET
-if any(k not in st.session_state for k in SETTING_KEYS):
+if any(k not in st.session_state for k in (*SETTING_KEYS, state.TRAIN_PATIENCE)):
     _apply_preset()
 
 
@@ -109,7 +112,7 @@ def corpus_section() -> None:
             st.caption("40,000 lines of Shakespeare (1.1 MB), nanoGPT's benchmark. A copy ships with LM Lens, "
                        "so it works offline; you can also download a fresh copy from its public home.")
             cur = state.corpus()
-            if cur is None or cur.spec != "tiny-shakespeare":
+            if cur is None or cur.spec.partition("?")[0] != "tiny-shakespeare":  # a slice (the demo's) stays
                 _set_corpus("tiny-shakespeare", "tiny-shakespeare", resources.corpus_text("tiny-shakespeare"))
             if st.button("Download a fresh copy", icon=":material/download:", key="train_btn_download"):
                 bar = st.empty()
@@ -200,8 +203,17 @@ def settings_section() -> tuple[lm_core.ModelConfig | None, dict | None]:
         b[1].number_input("Learning rate", 1e-6, 1.0, step=1e-4, format="%.5f", key=state.TRAIN_LR)
         b[2].number_input("Steps", 1, 1_000_000, step=100, key=state.TRAIN_STEPS)
         b[3].number_input("Dropout", 0.0, 0.9, step=0.05, key=state.TRAIN_DROPOUT)
-        st.number_input("Time budget (minutes)", 1, 24 * 60, step=5, key=state.TRAIN_MAX_MINUTES,
-                        help="The run stops by itself after this much training time, even if nobody is watching.")
+        d = st.columns(2)
+        d[0].number_input("Time budget (minutes)", 1, 24 * 60, step=5, key=state.TRAIN_MAX_MINUTES,
+                          help="The run stops by itself after this much training time, even if nobody is watching.")
+        d[1].number_input("Early stopping patience (evaluations; 0 = off)", 0, 1000, step=1, key=state.TRAIN_PATIENCE,
+                          help="Stop the run when the val loss has not improved for this many evaluations in a row. "
+                               "Either way the weights of the best val loss are kept in best.safetensors in the "
+                               "run folder, and the loss chart marks that step.")
+        st.caption("Against over-fitting (val loss rising while train loss falls): **dropout** zeroes a random "
+                   "fraction of activations at each training step, so the model cannot lean on memorised "
+                   "details; **early stopping** ends the run once val stops improving, keeping the best "
+                   "step's weights (best.safetensors).")
 
     ss = st.session_state
     cur = state.corpus()
@@ -269,6 +281,7 @@ def _train_overrides() -> dict:
         eval_interval=max(10, min(int(over.get("eval_interval", 250)), max(10, steps // 8))),
         log_interval=max(1, min(10, steps // 50 or 1)),
         checkpoint_interval=max(50, min(int(over.get("checkpoint_interval", 500)), steps)),
+        early_stopping_patience=int(ss[state.TRAIN_PATIENCE]) or None,
     )
     if ss[state.TRAIN_PRESET] == INDUCTION_PRESET:
         # head scores are recorded at each evaluation: ~20 of them draw the induction head forming
@@ -288,14 +301,15 @@ def _run_id(corpus_name: str) -> str:
     return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _start(mc: lm_core.ModelConfig, train_over: dict) -> bool:
-    """Start a run; True when it started (else a message says why)."""
+def _start(mc: lm_core.ModelConfig, train_over: dict, name: str | None = None) -> bool:
+    """Start a run (its folder named after ``name``, else the corpus); True when it started (else a
+    message says why)."""
     cur = state.corpus()
     if cur is None:
         st.error("Choose a corpus first (section 1).", icon=":material/error:")
         return False
     ss = st.session_state
-    run_id = _run_id(cur.name.replace("upload: ", ""))
+    run_id = _run_id(name or cur.name.replace("upload: ", ""))
     run_dir = runs_root() / run_id
 
     def make() -> TrainingJob:
@@ -358,6 +372,53 @@ def induction_box() -> None:
         box.error(f"Could not load the induction corpus: {problem}", icon=":material/error:")
 
 
+def _fill_demo(preset_name: str) -> None:
+    """"Watch a model over-fit": the preset with its corpus slice (Tiny Shakespeare's first
+    characters) and tokenizer, started on this run under a folder named after the preset."""
+    ss = st.session_state
+    preset = PRESETS[preset_name]
+    ss[state.TRAIN_SOURCE] = "Tiny Shakespeare"
+    try:
+        _set_corpus(preset.corpus, preset.corpus, resources.corpus_text(preset.corpus))
+    except ValueError as e:
+        ss[state.TRAIN_DEMO_PROBLEM] = str(e)
+        return
+    ss[state.TRAIN_TOKENIZER] = preset.tokenizer
+    ss[state.TRAIN_PRESET] = preset_name
+    _apply_preset()
+    ss[state.TRAIN_START_DEMO] = preset_name
+
+
+def overfit_box() -> None:
+    runs = lessons.demo_runs(runs_root())
+    overfit_done = any(r["preset"] == lessons.OVERFIT_PRESET and r["status"] not in ACTIVE for r in runs)
+    box = st.container(border=True)
+    a, b = box.columns([3, 1.3], vertical_alignment="center")
+    a.markdown(f"**Watch a model over-fit.** First, the `{lessons.OVERFIT_PRESET}` preset: "
+               f"{PRESETS[lessons.OVERFIT_PRESET].description}. Then the same model with "
+               f"`{lessons.CURED_PRESET}`: dropout 0.3 and early stopping. The chart below overlays both.")
+    b.button("1 · Train a model that over-fits", key="train_btn_overfit", icon=":material/trending_up:",
+             on_click=_fill_demo, args=(lessons.OVERFIT_PRESET,), disabled=active,
+             help="Fills the settings with the 'overfit' preset and starts training (about 30–60 s).")
+    b.button("2 · Train it with dropout + early stopping", key="train_btn_overfit_cured", icon=":material/healing:",
+             on_click=_fill_demo, args=(lessons.CURED_PRESET,), disabled=active or not overfit_done,
+             help="Enabled once the first run has ended: the same model and text, with the two remedies.")
+    problem = st.session_state.pop(state.TRAIN_DEMO_PROBLEM, None)
+    if problem:
+        box.error(f"Could not load the over-fitting corpus: {problem}", icon=":material/error:")
+    if not runs:
+        return
+    with box:
+        ui.chart(lesson_figures.overfit_curves(runs), key="train_overfit_chart", name="overfitting-demo",
+                 caption="Train (solid) and val (dashed) loss of the demonstration runs found in the runs folder. "
+                         "Over-fitting is where the curves part: train keeps falling (the model memorises its "
+                         "2,700 training characters) while val rises (it does worse on text it has not seen). "
+                         "The star marks each run's best val loss (the weights kept in best.safetensors), the "
+                         "cross where it stopped: with dropout and early stopping the run ends soon after val "
+                         "stops improving. A run still training is drawn as far as it got; reload to extend it.")
+        ui.csv_download(lessons.demo_table(runs), "overfitting-demo", key="train_overfit_csv", label="Demo runs CSV")
+
+
 def controls(mc, train_over) -> None:
     st.subheader("4 · Run")
     status = job.status if job is not None else "idle"
@@ -374,7 +435,8 @@ def controls(mc, train_over) -> None:
         c[4].caption(f"Run **{job.run_id}** is {status}. " + ("Stop it to start another." if mine else
                                                             "It was started from another browser."))
     start_induction = st.session_state.pop(state.TRAIN_START_INDUCTION, False) and not active
-    if (start or start_induction) and mc is not None and _start(mc, train_over):
+    demo = st.session_state.pop(state.TRAIN_START_DEMO, None) if not active else None
+    if (start or start_induction or demo) and mc is not None and _start(mc, train_over, name=demo):
         st.rerun()
     action, wanted = (("pause", ("paused",)) if pause else ("resume", ("running",)) if resume
                       else ("stop", ("stopping", "stopped", "finished")) if stop else (None, ()))
@@ -422,8 +484,11 @@ def live_view() -> None:
     state.set_export_subject({"model": job.model_config.to_dict(), "train": tc.to_dict(), "corpus": job.corpus_name,
                               "tokenizer": getattr(job.tokenizer, "kind", None), "source": job.run_id, "step": step},
                              snap.history, job.run_id)
+    baselines = job.baselines()
     history_view(snap.history, snap.samples, job.run_id, head_scores=snap, run_dir=job.run_dir,
-                 live=snap.status in ACTIVE)
+                 live=snap.status in ACTIVE, baselines=baselines,
+                 baselines_note="" if baselines else NO_LIVE_BASELINES,
+                 reason=None if snap.status in ACTIVE else snap.reason)
 
 
 notice = st.session_state.pop(state.TRAIN_NOTICE, None)
@@ -433,6 +498,7 @@ if notice:
 if active:
     st.info(reg.busy_message(job, ui.browser_id()) + " The live view is below.", icon=":material/model_training:")
 induction_box()
+overfit_box()
 with st.expander("Set up a new run", expanded=not active):
     corpus_section()
     tokenizer_section()
@@ -448,8 +514,11 @@ else:
         st.subheader(f"How the active model was trained: {lm.label}")
         st.caption("No run started from this page yet; below is the saved history of the model chosen in the "
                    "sidebar. Press **Start training** and the live view replaces it.")
+        baselines, note = saved_baselines(lm)
+        status = lm.run_config.status if lm.run_config is not None else {}
         history_view(lm.history, lm.samples, lm.label.split(" ")[0], key_prefix="saved",
-                     head_scores=lm, run_dir=lm.path)
+                     head_scores=lm, run_dir=lm.path, baselines=baselines, baselines_note=note,
+                     reason=status.get("reason"))
     else:
         st.info("No run yet. Press **Start training**; the charts appear here and update by themselves.",
                 icon=":material/lightbulb:")

@@ -9,11 +9,32 @@ import pandas as pd
 import streamlit as st
 
 from lm_core import metrics
+from lm_core import ngram as lm_ngram
+from lm_core import runs as lm_runs
 
-from .. import figures, resources, state
-from ..core import circuits
-from ..core.models import recorded_head_scores, snapshot_stamp, snapshot_steps
+from .. import figures, lesson_figures, resources, state
+from ..core import circuits, lessons
+from ..core.models import corpus_spec, recorded_head_scores, snapshot_stamp, snapshot_steps
 from . import ui
+
+NO_BASELINES = ("No n-gram baselines for this run: {why}. Runs trained now keep them in baselines.json "
+                "(skipped for a text over 20 MB or a vocabulary over 4,096 tokens).")
+
+
+def saved_baselines(lm) -> tuple[list[dict], str]:
+    """A saved model's n-gram baselines (its ``baselines.json``; else computed from its corpus when
+    that is cheap) and, when there are none, a sentence saying why."""
+    if lm.path is not None:
+        try:
+            found = lm_runs.read_baselines(lm.path)
+        except ValueError as e:
+            return [], NO_BASELINES.format(why=str(e))
+        if found:
+            return found, ""
+    try:
+        return resources.corpus_baselines(lm.family, corpus_spec(lm), lm.tokenizer), ""
+    except lessons.NoCorpus as e:
+        return [], NO_BASELINES.format(why=str(e))
 
 
 def head_score_history(recorded, run_dir) -> tuple[pd.DataFrame, str]:
@@ -81,8 +102,11 @@ def circuits_view(scores: pd.DataFrame, source: str, bump, name: str, key_prefix
 
 
 def history_view(hist, samples: list, name: str, key_prefix: str = "train", head_scores=None,
-                 run_dir=None, live: bool = False) -> None:
-    """Metrics and charts of a training history (live or saved), with the circuits forming."""
+                 run_dir=None, live: bool = False, baselines=(), baselines_note: str = "",
+                 reason: str | None = None) -> None:
+    """Metrics and charts of a training history (live or saved), with the circuits forming, the
+    n-gram ``baselines`` as reference lines, and where val stopped improving and the run stopped
+    (``reason``: why it ended; None while it trains)."""
     scores, source = head_score_history(head_scores, run_dir)
     bump = circuits.induction_bump(scores)
     last = hist.iloc[-1].to_dict() if len(hist) else {}
@@ -103,14 +127,37 @@ def history_view(hist, samples: list, name: str, key_prefix: str = "train", head
     c1, c2 = st.columns([3, 2])
     with c1:
         log_y = st.toggle("Log scale", key=state.TRAIN_LOG_Y)
-        marks = [(bump.step, bump.label())] if bump is not None else []
-        ui.chart(figures.loss_curves(hist, log_y=log_y, marks=marks), key=f"{key_prefix}_loss_chart",
-                 name=f"loss-{name}",
-                 caption="Cross-entropy per token against the training step: the line is each step's training "
-                         "batch, the diamonds the held-out validation text (the last 10% of the corpus). "
-                         "Lower is better; val above train means over-fitting."
-                         + (f" The dashed line: an induction head (L{bump.layer} H{bump.head}) forms at step "
-                            f"{bump.step:,}; see Circuits below." if bump is not None else ""))
+        run_end = lessons.run_marks(hist, reason)
+        marks = ([(bump.step, bump.label())] if bump is not None else []) + run_end.chart_marks()
+        caption = ("Cross-entropy per token against the training step: the line is each step's training "
+                   "batch, the diamonds the held-out validation text (the last 10% of the corpus). "
+                   "Lower is better; val above train means over-fitting.")
+        if bump is not None:
+            caption += (f" The dashed line at step {bump.step:,}: an induction head (L{bump.layer} H{bump.head}) "
+                        f"forms; see Circuits below.")
+        if run_end.best_step is not None:
+            kept = run_dir is not None and (run_dir / lm_runs.BEST_FILE).exists()
+            caption += (f" 'val best' marks step {run_end.best_step:,}, where val loss was lowest "
+                        f"({run_end.best_val:.3f})" + ("; its weights are kept in best.safetensors" if kept else "")
+                        + ". If val rises after it while train keeps falling, the model is memorising the "
+                          "training text: add dropout or early stopping (advanced settings).")
+        if baselines:
+            passed = lm_ngram.passed_at(hist, baselines)
+            fig = lesson_figures.loss_with_baselines(hist, baselines, passed, log_y=log_y, marks=marks,
+                                                     title="Loss against the n-gram baselines")
+            beaten = [f"the {b} at step {s:,}" for b, s in passed.items() if s is not None]
+            caption += (" Dotted lines: the val loss of n-gram models that predict from only the last 0–3 tokens "
+                        "(counted on the same train split); a ring marks where the transformer passes each"
+                        + (f" — here {', '.join(beaten)}" if beaten else "") + ". Below the 4-gram line, "
+                        "the model uses context further back than three tokens: that is what attention buys.")
+        else:
+            fig = figures.loss_curves(hist, log_y=log_y, marks=marks)
+        ui.chart(fig, key=f"{key_prefix}_loss_chart", name=f"loss-{name}", caption=caption)
+        if baselines:
+            ui.csv_download(pd.DataFrame(list(baselines)), f"baselines-{name}", key=f"{key_prefix}_baselines_csv",
+                            label="Baselines CSV")
+        elif baselines_note:
+            st.caption(baselines_note)
         ui.csv_download(hist, f"history-{name}", key=f"{key_prefix}_hist_csv", label="History CSV")
     with c2:
         ui.chart(figures.throughput_chart(hist), key=f"{key_prefix}_tps_chart", name=f"throughput-{name}",
