@@ -327,7 +327,9 @@ def test_start_pause_resume_stop_changes_state(env):
     assert lm_runs.load_run(env / job.run_id).status == "stopped"
     at.run()
     picker = at.sidebar.selectbox(key="model_choice")
-    assert any(job.run_id in str(o) for o in picker.options)  # the saved run is listed
+    from app.active import run_label
+
+    assert run_label(job.run_id, "stopped", job.step_count) in picker.options  # the saved run is listed
     # the ended live run is followed to its run folder
     assert at.session_state["model_choice"] == f"run:{(env / job.run_id).resolve()}"
 
