@@ -289,9 +289,19 @@ class TrainingRegistry:
                 return job
         return None
 
-    def latest(self) -> TrainingJob | None:
+    def latest(self, owner: str | None = None) -> TrainingJob | None:
+        """The newest job; on a shared server (``LM_LENS_MULTI_USER=1``) with ``owner`` given, the
+        newest one that browser started (another person's finished run is theirs)."""
         jobs = self.jobs()
+        if owner is not None and multi_user():
+            jobs = [j for j in jobs if j.owner == owner]
         return jobs[-1] if jobs else None
+
+    def forget_ended(self) -> None:
+        """Drop ended jobs from memory (their run folders stay on disk and in the sidebar)."""
+        with self._lock:
+            for k in [k for k, j in self._jobs.items() if not j.active]:
+                del self._jobs[k]
 
     def discover(self, root: Path) -> list[TrainingJob]:
         """Find runs still training under ``root`` (a server restarted while they ran)."""

@@ -78,7 +78,7 @@ def cli_training(seconds: float, out: Path) -> float:
 
 def app_training(page, url: str, seconds: float, runs: Path) -> float:
     open_page(page, f"{url}/train", charts=False)
-    page.get_by_text("Advanced settings").click()
+    page.get_by_text("Advanced settings", exact=True).click()
     for label, value in (("Layers", TRAIN["n_layer"]), ("Heads", TRAIN["n_head"]),
                          ("Width (n_embd)", TRAIN["n_embd"]), ("Context (block size)", TRAIN["block_size"]),
                          ("Batch size", TRAIN["batch_size"]), ("Steps", 100000)):

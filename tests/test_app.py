@@ -71,6 +71,7 @@ def env(monkeypatch, tmp_path, default_model_dir):
     from app import resources
 
     resources.registry().stop_all()
+    resources.registry().forget_ended()  # the next test's Train page starts with no "last run"
 
 
 def app() -> AppTest:

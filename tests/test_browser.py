@@ -214,7 +214,7 @@ def test_app_in_chromium(tmp_path):
                 shoot(page, SHOTS / f"{name}.png")
 
         # Train: start, see the live view change twice, stop
-        page.get_by_text("Advanced settings").click()
+        page.get_by_text("Advanced settings", exact=True).click()
         for label, value in (("Layers", "2"), ("Width (n_embd)", "64"), ("Context (block size)", "64"),
                              ("Batch size", "8")):
             box = page.get_by_label(label, exact=True)

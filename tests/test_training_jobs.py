@@ -84,6 +84,9 @@ def test_one_run_at_a_time_and_only_its_owner_controls_it_on_a_shared_server(reg
     monkeypatch.delenv("LM_LENS_MULTI_USER")
     job.stop("bob")  # single-user (the local default): anyone may
     assert job.wait(60) == "stopped"
+    assert registry.latest(owner="bob") is job  # locally, the last run is everyone's
+    monkeypatch.setenv("LM_LENS_MULTI_USER", "1")
+    assert registry.latest(owner="bob") is None and registry.latest(owner="alice") is job  # shared: one's own
 
 
 def test_a_restarted_server_finds_the_run_still_training(registry, tmp_path):

@@ -38,7 +38,7 @@ ui.page_header("Train", "Train a small GPT on a text of your choice and watch it
                "refresh, and come back to it.")
 
 reg = resources.registry()
-job = reg.active_job() or reg.latest()
+job = reg.active_job() or reg.latest(owner=ui.browser_id())
 active = job is not None and job.active
 
 
