@@ -240,12 +240,15 @@ def _layer_head_axes(fig: go.Figure, n_layer: int, n_head: int) -> None:
 
 
 def head_score_overview(scores, metric: str, selected: tuple[int, int] | None = None,
-                        zrange: tuple[float, float] | None = None) -> go.Figure:
+                        zrange: tuple[float, float] | None = None,
+                        groups: Sequence[Sequence[int]] | None = None) -> go.Figure:
     """Layers × heads overview of a head score: ``scores [L, H]``.
 
     y: layer (0 at the top), x: head, colour: the score. A transparent scatter trace sits on
     the cells so that clicking a cell selects it (Plotly heatmaps cannot be selected); its
-    points carry ``customdata = [layer, head]``. ``selected`` outlines one cell.
+    points carry ``customdata = [layer, head]``. ``selected`` outlines one cell. ``groups``
+    (grouped-query attention: the query heads of each key/value head, consecutive) outlines
+    each group of columns with a dashed frame labelled "KV g".
     """
     z = as_f32(scores)
     if z.ndim != 2:
@@ -259,6 +262,11 @@ def head_score_overview(scores, metric: str, selected: tuple[int, int] | None = 
     ))
     _cell_overlay(fig, n_layer, n_head, [f"{v:.3f}" for v in z.ravel()],
                   "layer %{y}, head %{x}<br>" + metric + " %{text}<br>click to open<extra></extra>")
+    for g, hs in enumerate(groups or ()):
+        fig.add_shape(type="rect", x0=min(hs) - 0.5, x1=max(hs) + 0.5, y0=-0.5, y1=n_layer - 0.5,
+                      line=dict(color=MUTED, width=2, dash="dash"))
+        fig.add_annotation(x=(min(hs) + max(hs)) / 2, y=-0.5, text=f"KV {g}", showarrow=False, yshift=10,
+                           font=dict(size=10, color=MUTED))
     if selected is not None:
         l, h = selected
         fig.add_shape(type="rect", x0=h - 0.5, x1=h + 0.5, y0=l - 0.5, y1=l + 0.5,

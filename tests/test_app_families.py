@@ -76,12 +76,6 @@ def charts(at: AppTest) -> dict[str, dict]:
     return {el.proto.id.split("-", 2)[-1]: json.loads(el.proto.spec) for el in at.get("plotly_chart")}
 
 
-def page_text(at: AppTest) -> str:
-    parts = [e.value for e in at.markdown] + [e.value for e in at.caption] + [e.value for e in at.info]
-    parts += [e.value for e in at.get("latex")] if hasattr(at, "get") else []
-    return "\n".join(str(p) for p in parts)
-
-
 def test_every_page_opens_for_the_family(family_env):
     family, _ = family_env
     at = AppTest.from_file(MAIN, default_timeout=90)
@@ -93,3 +87,81 @@ def test_every_page_opens_for_the_family(family_env):
         if spec.file == "views/generate.py":
             at.button(key="gen_btn_next").click().run()
             assert not at.exception, (family, spec.title, [e.value for e in at.exception])
+
+
+def _app(page: str) -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=90)
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def _main_text(at: AppTest) -> str:
+    """Everything the page itself (not the sidebar) says: markdown, captions, formulas, notes, labels."""
+    m = at.main
+    parts = [e.value for kind in ("markdown", "caption", "latex", "info", "warning") for e in m.get(kind)]
+    parts += [e.label for e in m.get("tab")] + [e.label for e in m.get("expander")]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_mechanics_shows_the_family_s_own_steps(family_env):
+    family, _ = family_env
+    at = _app("views/mechanics.py")
+    text, c = _main_text(at), charts(at)
+    modern = family != "gpt2"
+    for key in ("mech_q", "mech_k", "mech_v", "mech_scaled", "mech_masked", "mech_pattern", "mech_z",
+                "mech_attn_out", "mech_mlp_pre", "mech_mlp_post", "mech_mlp_out", "mech_logits", "mech_probs",
+                "mech_ln1_scale", "mech_ln_1"):
+        assert key in c, (family, key)
+    rms = family in ("llama", "qwen2", "qwen3")
+    assert ("RMSNorm" in text) == rms and ("LayerNorm" in text) == (not rms), family
+    swiglu = family in ("llama", "qwen2", "qwen3")
+    assert ("SwiGLU" in text) == swiglu and ("GELU" in text) == (not swiglu), family
+    assert "mech_mlp_up" in c if swiglu else "mech_mlp_up" not in c
+    # positions: a learned table only for GPT-2, the rotation with its angles for the rotary ones
+    assert ("learned position embedding" in text) == (not modern), family
+    assert ("mech_pos_embed" in c) == (not modern)
+    if modern:
+        assert {"mech_rot_angles", "mech_q_prerot", "mech_q_rot", "mech_k_rot"} <= set(c), family
+        assert "RoPE" in text
+    if family == "neox":
+        assert "Parallel residual" in text
+        assert "the first 2 of each head's 8 dims" in text
+    if family == "qwen3":
+        assert "mech_q_proj" in c and "q/k norm" in text
+    if family in ("llama", "qwen2", "qwen3"):  # grouped-query / multi-query: the head's KV head is named
+        assert "query head 0 reads key/value head 0" in text
+        assert at.selectbox(key="mech_head").options[-1].endswith(")")
+    # the bigram baseline beside the transformer, for the same context
+    names = [t.get("name") for t in c["mech_probs"]["data"]]
+    assert names == ["bigram", "transformer"], names
+    assert "bigram" in text
+
+
+def test_embeddings_shows_what_positions_mean(family_env):
+    family, _ = family_env
+    at = _app("views/embeddings.py")
+    c = charts(at)
+    if family == "gpt2":
+        assert "emb_pos" in c and "emb_rope_distance" not in c
+        return
+    assert "emb_pos" not in c and {"emb_rope_distance", "emb_rope_freq"} <= set(c)
+    assert "RoPE" in _main_text(at)
+
+
+def test_attention_shows_which_heads_share_a_kv_head(family_env):
+    family, _ = family_env
+    at = _app("views/attention.py")
+    opts = at.selectbox(key="attn_head").options
+    overview = charts(at)["attn_overview"]
+    frames = [s for s in overview["layout"].get("shapes", []) if (s.get("line") or {}).get("dash") == "dash"]
+    n_kv = {"gpt2": 4, "llama": 2, "qwen2": 2, "qwen3": 1, "neox": 4}[family]
+    if n_kv == BASE["n_head"]:
+        assert opts == [str(h) for h in range(BASE["n_head"])] and not frames
+    else:
+        G = BASE["n_head"] // n_kv
+        assert opts == [f"H{h} (KV {h // G})" for h in range(BASE["n_head"])]
+        assert len(frames) == n_kv
+        assert "Grouped-query attention" in _main_text(at)
