@@ -87,6 +87,35 @@ def test_every_page_opens_for_the_family(family_env):
         if spec.file == "views/generate.py":
             at.button(key="gen_btn_next").click().run()
             assert not at.exception, (family, spec.title, [e.value for e in at.exception])
+        assert len(at.caption) >= len(charts(at)), (family, spec.title)  # every figure says how to read it
+
+
+def test_logit_lens_names_the_family_s_final_norm(family_env):
+    family, _ = family_env
+    at = _app("views/logit_lens.py")
+    norm = "RMSNorm" if family in ("llama", "qwen2", "qwen3") else "LayerNorm"
+    assert f"final {norm}" in at.main.caption[0].value
+
+
+def test_export_bundle_carries_the_family_s_activations(family_env, monkeypatch):
+    from app.core import bundle as B
+    from lm_core.export import read_bundle
+
+    def no_chrome(figs):
+        raise RuntimeError("no Chrome found")
+
+    monkeypatch.setattr(B, "render_pngs", no_chrome)  # HTML only: fast, and the note is tested elsewhere
+    family, path = family_env
+    at = _app("views/mechanics.py")
+    at.sidebar.button(key="export_btn").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    back = read_bundle(at.session_state["export"].data)
+    assert back.meta["page"] == "Mechanics" and "index.html" in back.figures
+    cfg = lm_core.load_run(path).config.model
+    assert back.config["model"] == cfg.to_dict()
+    if cfg.pos == "rotary":
+        assert "blocks.0.attn.hook_rot_q" in back.cache
+    assert tuple(back.cache["blocks.0.attn.hook_k"].shape[-2:]) == (cfg.kv_heads, cfg.head_dim)
 
 
 def _app(page: str) -> AppTest:
