@@ -7,6 +7,7 @@ positions mean there, Attention which query heads share a key/value head."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,32 @@ def test_attention_shows_which_heads_share_a_kv_head(family_env):
         assert opts == [f"H{h} (KV {h // G})" for h in range(BASE["n_head"])]
         assert len(frames) == n_kv
         assert "Grouped-query attention" in _main_text(at)
+
+
+@pytest.fixture(scope="module")
+def llama_run(tmp_path_factory) -> Path:
+    return make_family_run(tmp_path_factory.mktemp("other") / "llama-run", "llama")
+
+
+def test_ablation_switches_heads_and_mlps_off(family_env):
+    family, _ = family_env
+    at = _app("views/ablation.py")
+    ms = at.multiselect(key="abl_heads")
+    ms.set_value(ms.options[:2])
+    at.radio(key="abl_mode").set_value("mean")
+    at.run()
+    assert not at.exception and not at.error, (family, [e.value for e in at.exception])
+    assert {"abl_dist"} <= set(charts(at)) and any(k.startswith("abl_grid") for k in charts(at))
+
+
+def test_compare_a_family_with_a_llama_of_the_same_shape(family_env, llama_run):
+    import shutil
+
+    family, _ = family_env
+    runs = Path(os.environ["LM_LENS_RUNS_DIR"])
+    shutil.copytree(llama_run, runs / "llama-run")
+    at = _app("views/compare.py")
+    at.selectbox(key="cmp_b").set_value(f"run:{(runs / 'llama-run').resolve()}").run()
+    assert not at.exception and not at.error, (family, [e.value for e in at.exception], [e.value for e in at.error])
+    c = charts(at)
+    assert {"cmp_attn_a", "cmp_attn_b", "cmp_attn_diff", "cmp_next"} <= set(c), (family, sorted(c))
