@@ -139,14 +139,17 @@ with tab_fwd:
         share = ""
         if G > 1:
             others = ", ".join(str(h) for h in w["group"])
-            share = (f" Grouped-query attention: the {H} query heads share {Hkv} key/value head(s); query head "
+            share = (f" {'Multi-query' if Hkv == 1 else 'Grouped-query'} attention: the {H} query heads share "
+                     f"{Hkv} key/value head{'s' if Hkv > 1 else ''}; query head "
                      f"{head} reads key/value head {g}, shared by query heads {others}.")
         qk_note = (" Then q and k are each RMS-normalised over the head's dimensions (q/k norm), which keeps "
                    "the scores from growing." if lay.qk_norm else "")
+        bqkv = (lambda n: f" + b_{n}") if cfg.use_qkv_bias else (lambda n: "")
         fig_col = step("Q, K, V",
-                       r"\begin{aligned} Q &= " + N + r"(x)\,W_Q + b_Q \\ K &= " + N + r"(x)\,W_K + b_K \\ V &= "
-                       + N + r"(x)\,W_V + b_V \end{aligned}"
-                       + (r"\\ q \leftarrow \mathrm{RMSNorm}(q),\; k \leftarrow \mathrm{RMSNorm}(k)" if lay.qk_norm else ""),
+                       r"\begin{aligned} Q &= " + N + r"(x)\,W_Q" + bqkv("Q") + r" \\ K &= " + N + r"(x)\,W_K"
+                       + bqkv("K") + r" \\ V &= " + N + r"(x)\,W_V" + bqkv("V")
+                       + (r" \\ q &\leftarrow \mathrm{RMSNorm}(q),\ k \leftarrow \mathrm{RMSNorm}(k)" if lay.qk_norm else "")
+                       + r" \end{aligned}",
                        f"Query head {head} projects each normalised token to a query, and key/value head {g} to a key "
                        f"and a value, each of width d_k = {Dh}." + share + qk_note
                        + ("" if float(np.abs(w["b_Q"]).sum()) else " This model has no q/k/v biases."))
@@ -233,7 +236,8 @@ with tab_fwd:
             heat(w["z"], hdims, "z = A·V", "mech_z", f"One row per token: head {head}'s output, {Dh} numbers.")
 
         par = lay.parallel_residual
-        fig_col = step("Output projection", r"\mathrm{attn}(x) = \sum_h z^{(h)} W_O^{(h)} + b_O",
+        fig_col = step("Output projection", r"\mathrm{attn}(x) = \sum_h z^{(h)} W_O^{(h)}"
+                       + (" + b_O" if cfg.use_attn_out_bias else ""),
                        f"Each head's z is mapped back to width {D}; the {H} heads' outputs are added "
                        + ("(plus a bias) " if float(np.abs(w["c_proj_bias"]).sum()) else "")
                        + ("and kept for the end of the block (parallel residual, next step)." if par
@@ -257,7 +261,8 @@ with tab_fwd:
                        "SiLU(gate) = gate·σ(gate) decides how much of each 'up' neuron passes (⊙: multiply "
                        f"element by element); then 'down' back to {D}.")
         else:
-            formula = r"\mathrm{MLP}(u) = W_2\,\mathrm{GELU}(W_1 u + b_1) + b_2,\ u = " + N + r"_2(x)"
+            formula = (r"\mathrm{MLP}(u) = W_2\,\mathrm{GELU}(W_1 u + b_1) + b_2,\ u = " if cfg.use_mlp_bias else
+                       r"\mathrm{MLP}(u) = W_2\,\mathrm{GELU}(W_1 u),\ u = ") + N + r"_2(x)"
             explain = (f"Each token on its own: widen to {F_}, apply GELU (most negative values become ≈0), "
                        f"project back to {D}.")
         if par:
@@ -267,7 +272,7 @@ with tab_fwd:
         else:
             formula += r"\\ x \leftarrow x + \mathrm{MLP}(" + N + r"_2(x))"
             explain += " It reads x after attention was added, and adds its output to the residual stream."
-        fig_col = step(lay.mlp_name, formula, explain)
+        fig_col = step(lay.mlp_name, r"\begin{gathered}" + formula + r"\end{gathered}", explain)
         with fig_col:
             if lay.mlp == "swiglu":
                 m1, m1b, m2, m3 = st.tabs(["gate (before SiLU)", "up branch", "SiLU(gate) ⊙ up", "MLP output"])
