@@ -187,11 +187,12 @@ def attention_heatmap(pattern, labels: Sequence[str], title: str | None = None,
 
 
 def attention_grid(patterns, labels: Sequence[str], layer: int, cols: int = 4,
-                   selected_head: int | None = None) -> go.Figure:
+                   selected_head: int | None = None, kv_heads: Sequence[int] | None = None) -> go.Figure:
     """All heads of one layer: ``patterns [H, T, T]`` as small heatmaps sharing one colour axis.
 
     Same axes as :func:`attention_heatmap` (query down, key across); ticks are hidden in the
-    small panels, hover shows the tokens.
+    small panels, hover shows the tokens. ``kv_heads`` (grouped-query attention: the key/value
+    head each query head reads) adds "· KV g" to each panel's title.
     """
     z = as_f32(patterns)
     if z.ndim != 3:
@@ -199,7 +200,8 @@ def attention_grid(patterns, labels: Sequence[str], layer: int, cols: int = 4,
     n_head = z.shape[0]
     cols = max(1, min(cols, n_head))
     rows = math.ceil(n_head / cols)
-    titles = [f"<b>head {h}</b>" if h == selected_head else f"head {h}" for h in range(n_head)]
+    names = [f"head {h}" + (f" · KV {kv_heads[h]}" if kv_heads is not None else "") for h in range(n_head)]
+    titles = [f"<b>{n}</b>" if h == selected_head else n for h, n in enumerate(names)]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles,
                         horizontal_spacing=0.03, vertical_spacing=0.08 if rows > 1 else 0.0)
     keys = list(labels)

@@ -195,6 +195,8 @@ def test_attention_shows_which_heads_share_a_kv_head(family_env):
         assert opts == [f"H{h} (KV {h // G})" for h in range(BASE["n_head"])]
         assert len(frames) == n_kv
         assert "Grouped-query attention" in _main_text(at)
+        titles = [a["text"] for a in charts(at)["attn_grid"]["layout"]["annotations"]]
+        assert titles[:2] == ["<b>head 0 · KV 0</b>", f"head 1 · KV {1 // G}"], titles
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,8 @@ def head_explorer() -> None:
 
     tab_grid, tab_query = st.tabs([f"All heads of layer {layer}", "One query token, every head"])
     with tab_grid:
-        ui.chart(figures.attention_grid(patterns[layer], enc.labels, layer, selected_head=head),
+        ui.chart(figures.attention_grid(patterns[layer], enc.labels, layer, selected_head=head,
+                                        kv_heads=[kv_of[h] for h in range(H)] if shared else None),
                  key="attn_grid", name=f"attention-layer-{layer}",
                  caption="Each panel is one head of this layer, with the same axes as the large chart "
                          "(query down, key across) and the same colour scale; hover for the tokens.")
