@@ -164,13 +164,6 @@ def rotary_profile(model_key: str, _model: lm_core.GPT) -> dict[str, np.ndarray]
     return core_inspection.rotary_profile(_model)
 
 
-@st.cache_resource(max_entries=4, show_spinner="Counting the bigrams of the training text…")
-def bigram_model(spec: str, tokenizer_key: str, _tokenizer):
-    """The bigram baseline (``lm_core.ngram.fit_ngrams``, orders 1-2) of corpus ``spec``'s train
-    split, under the model's tokenizer (``tokenizer_key`` names it). Immutable: safe to share."""
-    return core_inspection.fit_bigram(_tokenizer, corpora.load_corpus(spec))
-
-
 @st.cache_data(max_entries=16, show_spinner=False)
 def walkthrough(model_key: str, ids: tuple[int, ...], layer: int, head: int, _model: lm_core.GPT) -> dict:
     return core_inspection.walkthrough(_model, list(ids), layer, head)

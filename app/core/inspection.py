@@ -11,8 +11,6 @@ import torch
 
 import lm_core
 from lm_core import analysis, capture, mechanics, metrics
-from lm_core.data import split_text
-from lm_core.ngram import NGramModels, fit_ngrams
 
 # -- attention inspection ------------------------------------------------------------------
 
@@ -117,10 +115,3 @@ def walkthrough(model: lm_core.GPT, ids: list[int], layer: int, head: int) -> di
     for k, v in raw.items():
         out[k] = v.numpy() if isinstance(v, torch.Tensor) else v
     return out
-
-
-def fit_bigram(tokenizer, text: str) -> NGramModels:
-    """Bigram (and unigram) Kneser-Ney models of ``text``'s train split (its first 90%, as the
-    trainer's): the baseline that predicts from the previous token only."""
-    train, _ = split_text(text, tokenizer, 1)
-    return fit_ngrams(train.ids.numpy(), tokenizer.vocab_size, max_n=2)

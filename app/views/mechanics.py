@@ -10,6 +10,7 @@ import streamlit as st
 
 from app import family_figures, figures, resources, state
 from app.active import active_model
+from app.core import lessons
 from app.core.models import corpus_spec
 from app.core.text import InputProblem, encode_text
 from app.widgets import ui
@@ -319,15 +320,11 @@ with tab_fwd:
         # the bigram baseline: what counting pairs of tokens in the training text predicts here
         spec = corpus_spec(lm)
         bigram, bigram_note = None, ""
-        if spec:
-            try:
-                ngrams = resources.bigram_model(spec, f"{lm.family}|{cfg.vocab_size}", _tokenizer=lm.tokenizer)
-                bigram = ngrams.next_token_probs(enc.ids[: qpos + 1], 2)
-            except (ValueError, OSError, InputProblem) as e:
-                bigram_note = f"No bigram baseline: the training corpus `{spec}` could not be read here ({e})."
-        else:
-            bigram_note = ("No bigram baseline: this model's training corpus is not known (a pretrained model), "
-                           "so there is nothing to count.")
+        try:
+            ngrams = resources.corpus_ngrams(lm.family, spec, lm.tokenizer)
+            bigram = ngrams.next_token_probs(enc.ids[: qpos + 1], 2)
+        except lessons.NoCorpus as e:
+            bigram_note = f"No bigram baseline beside it: {e}."
 
         nxt = enc.ids[qpos + 1] if qpos + 1 < T else None
         hl = [int(i) for i in top].index(nxt) if nxt is not None and nxt in [int(i) for i in top] else None
