@@ -187,11 +187,12 @@ def attention_heatmap(pattern, labels: Sequence[str], title: str | None = None,
 
 
 def attention_grid(patterns, labels: Sequence[str], layer: int, cols: int = 4,
-                   selected_head: int | None = None) -> go.Figure:
+                   selected_head: int | None = None, kv_heads: Sequence[int] | None = None) -> go.Figure:
     """All heads of one layer: ``patterns [H, T, T]`` as small heatmaps sharing one colour axis.
 
     Same axes as :func:`attention_heatmap` (query down, key across); ticks are hidden in the
-    small panels, hover shows the tokens.
+    small panels, hover shows the tokens. ``kv_heads`` (grouped-query attention: the key/value
+    head each query head reads) adds "· KV g" to each panel's title.
     """
     z = as_f32(patterns)
     if z.ndim != 3:
@@ -199,7 +200,8 @@ def attention_grid(patterns, labels: Sequence[str], layer: int, cols: int = 4,
     n_head = z.shape[0]
     cols = max(1, min(cols, n_head))
     rows = math.ceil(n_head / cols)
-    titles = [f"<b>head {h}</b>" if h == selected_head else f"head {h}" for h in range(n_head)]
+    names = [f"head {h}" + (f" · KV {kv_heads[h]}" if kv_heads is not None else "") for h in range(n_head)]
+    titles = [f"<b>{n}</b>" if h == selected_head else n for h, n in enumerate(names)]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles,
                         horizontal_spacing=0.03, vertical_spacing=0.08 if rows > 1 else 0.0)
     keys = list(labels)
@@ -240,12 +242,15 @@ def _layer_head_axes(fig: go.Figure, n_layer: int, n_head: int) -> None:
 
 
 def head_score_overview(scores, metric: str, selected: tuple[int, int] | None = None,
-                        zrange: tuple[float, float] | None = None) -> go.Figure:
+                        zrange: tuple[float, float] | None = None,
+                        groups: Sequence[Sequence[int]] | None = None) -> go.Figure:
     """Layers × heads overview of a head score: ``scores [L, H]``.
 
     y: layer (0 at the top), x: head, colour: the score. A transparent scatter trace sits on
     the cells so that clicking a cell selects it (Plotly heatmaps cannot be selected); its
-    points carry ``customdata = [layer, head]``. ``selected`` outlines one cell.
+    points carry ``customdata = [layer, head]``. ``selected`` outlines one cell. ``groups``
+    (grouped-query attention: the query heads of each key/value head, consecutive) outlines
+    each group of columns with a dashed frame labelled "KV g".
     """
     z = as_f32(scores)
     if z.ndim != 2:
@@ -259,6 +264,11 @@ def head_score_overview(scores, metric: str, selected: tuple[int, int] | None = 
     ))
     _cell_overlay(fig, n_layer, n_head, [f"{v:.3f}" for v in z.ravel()],
                   "layer %{y}, head %{x}<br>" + metric + " %{text}<br>click to open<extra></extra>")
+    for g, hs in enumerate(groups or ()):
+        fig.add_shape(type="rect", x0=min(hs) - 0.5, x1=max(hs) + 0.5, y0=-0.5, y1=n_layer - 0.5,
+                      line=dict(color=MUTED, width=2, dash="dash"))
+        fig.add_annotation(x=(min(hs) + max(hs)) / 2, y=-0.5, text=f"KV {g}", showarrow=False, yshift=10,
+                           font=dict(size=10, color=MUTED))
     if selected is not None:
         l, h = selected
         fig.add_shape(type="rect", x0=h - 0.5, x1=h + 0.5, y0=l - 0.5, y1=l + 0.5,

@@ -159,6 +159,11 @@ def position_similarity(model_key: str, _model: lm_core.GPT) -> np.ndarray | Non
     return core_inspection.position_similarity(_model)
 
 
+@st.cache_data(max_entries=8, show_spinner=False)
+def rotary_profile(model_key: str, _model: lm_core.GPT) -> dict[str, np.ndarray] | None:
+    return core_inspection.rotary_profile(_model)
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def walkthrough(model_key: str, ids: tuple[int, ...], layer: int, head: int, _model: lm_core.GPT) -> dict:
     return core_inspection.walkthrough(_model, list(ids), layer, head)

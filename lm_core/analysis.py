@@ -12,7 +12,6 @@ Shapes: L layers, H heads, T positions, D ``n_embd``, Dh head size, V vocabulary
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -38,6 +37,8 @@ __all__ = [
     "head_scores_table",
     "induction_score",
     "is_pattern_name",
+    "kv_groups",
+    "kv_head_of",
     "logit_lens",
     "loss_on",
     "nearest_neighbours",
@@ -48,6 +49,7 @@ __all__ = [
     "procrustes_align",
     "repeated_random_tokens",
     "residual_norms",
+    "rotary_profile",
     "token_embeddings",
 ]
 
@@ -563,101 +565,12 @@ def head_ablation_effects(model: GPT, idx, mode: str = "zero") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["layer", "head", "loss", "loss_increase"])
 
 
-# -- mechanics walkthrough ----------------------------------------------------------------
-
-
-def attention_walkthrough(model: GPT, idx, layer: int, head: int) -> dict[str, torch.Tensor | int | float]:
-    """Every intermediate of one attention head's computation, with the model's real numbers.
-
-    The attention arithmetic is redone here from the weights, step by step, so each step can be
-    shown; the tests check it against the model's own hooks. All tensors are float32 on the CPU,
-    batch dimension dropped. Keys (``h`` = ``head``, rows are query positions where it applies):
-
-    * ``tokens`` [T] ids; ``tok_embed``, ``pos_embed`` [T, D]; ``resid_pre`` [T, D] (= x, the
-      input of block ``layer``); ``ln_1`` [T, D] (LayerNorm of x, what attention reads).
-    * ``W_Q``, ``W_K``, ``W_V`` [D, Dh] and ``b_Q``, ``b_K``, ``b_V`` [Dh] of head h (zeros without
-      bias); ``q``, ``k``, ``v`` [T, Dh] = ``ln_1 @ W + b``.
-    * ``scores_raw`` [T, T] = q·kᵀ; ``scaled`` = scores_raw / √Dh; ``masked`` = scaled with
-      ``-inf`` above the diagonal (key after query); ``pattern`` [T, T] = softmax over keys of
-      each query row; ``z`` [T, Dh] = pattern @ v.
-    * ``W_O`` [Dh, D] (head h's rows of ``c_proj``); ``head_out`` [T, D] = z @ W_O, the head's
-      contribution to the residual stream; ``head_outputs`` [H, T, D] that of every head;
-      ``c_proj_bias`` [D]; ``attn_out`` [T, D] = Σ_h head_outputs + c_proj_bias.
-    * ``resid_mid`` [T, D] = resid_pre + attn_out; ``ln_2`` [T, D]; ``mlp_pre``, ``mlp_post``
-      [T, 4D] (before/after GELU); ``mlp_out`` [T, D]; ``resid_post`` [T, D].
-    * ``logits`` [T, V] of the whole model and ``probs`` [T, V] = their softmax (temperature 1):
-      row t is the prediction for token t + 1.
-    * ``layer``, ``head``, ``head_dim``, ``scale`` (= 1/√Dh).
-    """
-    _check_layer_head(model, layer, head)
-    idx = _as_idx(model, idx)
-    cfg = model.config
-    D, H, Dh = cfg.n_embd, cfg.n_head, cfg.head_dim
-    block = model.blocks[layer]
-    pre = f"blocks.{layer}."
-    names = ["hook_embed", "hook_pos_embed"] + [
-        pre + n for n in ("hook_resid_pre", "hook_resid_mid", "hook_mlp_out", "hook_resid_post",
-                          "mlp.hook_pre", "mlp.hook_post")
-    ]
-    with _inference(model):
-        logits, cache = model.run_with_cache(idx, names=names)
-        x = cache[pre + "hook_resid_pre"].to(model.device)  # (1, T, D)
-        ln1 = block.ln_1(x)[0]  # (T, D)
-        W = block.attn.c_attn.weight  # (3D, D): nn.Linear computes ln1 @ W.T
-        b = block.attn.c_attn.bias if block.attn.c_attn.bias is not None else torch.zeros(3 * D, device=W.device)
-        T = ln1.shape[0]
-        qkv = ln1 @ W.T + b  # (T, 3D)
-        q_all, k_all, v_all = (t.view(T, H, Dh).transpose(0, 1) for t in qkv.split(D, dim=1))  # (H, T, Dh)
-        scale = 1.0 / math.sqrt(Dh)
-        raw = q_all @ k_all.transpose(-2, -1)  # (H, T, T) query rows, key columns
-        scaled = raw * scale
-        causal = torch.ones(T, T, dtype=torch.bool, device=W.device).tril()
-        masked = scaled.masked_fill(~causal, float("-inf"))
-        pattern = F.softmax(masked, dim=-1)  # (H, T, T)
-        z_all = pattern @ v_all  # (H, T, Dh)
-        W_O_all = block.attn.c_proj.weight.T.reshape(H, Dh, D)  # (H, Dh, D): rows of head h
-        head_outputs = z_all @ W_O_all  # (H, T, D)
-        c_proj_bias = block.attn.c_proj.bias if block.attn.c_proj.bias is not None else torch.zeros(D, device=W.device)
-        attn_out = head_outputs.sum(dim=0) + c_proj_bias  # (T, D)
-        ln2 = block.ln_2(cache[pre + "hook_resid_mid"].to(model.device))[0]  # (T, D)
-
-    sl = slice(head * Dh, (head + 1) * Dh)
-
-    def out(t: torch.Tensor) -> torch.Tensor:
-        return t.detach().float().cpu()
-
-    return {
-        "layer": layer, "head": head, "head_dim": Dh, "scale": scale,
-        "tokens": idx[0].cpu(),
-        "tok_embed": out(cache["hook_embed"][0]),
-        "pos_embed": out(cache["hook_pos_embed"][0]),
-        "resid_pre": out(x[0]),
-        "ln_1": out(ln1),
-        "W_Q": out(W[sl].T), "W_K": out(W[D:][sl].T), "W_V": out(W[2 * D:][sl].T),
-        "b_Q": out(b[sl]), "b_K": out(b[D:][sl]), "b_V": out(b[2 * D:][sl]),
-        "q": out(q_all[head]), "k": out(k_all[head]), "v": out(v_all[head]),
-        "scores_raw": out(raw[head]), "scaled": out(scaled[head]), "masked": out(masked[head]),
-        "pattern": out(pattern[head]),
-        "z": out(z_all[head]),
-        "W_O": out(W_O_all[head]),
-        "head_out": out(head_outputs[head]),
-        "head_outputs": out(head_outputs),
-        "c_proj_bias": out(c_proj_bias),
-        "attn_out": out(attn_out),
-        "resid_mid": out(cache[pre + "hook_resid_mid"][0]),
-        "ln_2": out(ln2),
-        "mlp_pre": out(cache[pre + "mlp.hook_pre"][0]),
-        "mlp_post": out(cache[pre + "mlp.hook_post"][0]),
-        "mlp_out": out(cache[pre + "hook_mlp_out"][0]),
-        "resid_post": out(cache[pre + "hook_resid_post"][0]),
-        "logits": out(logits[0]),
-        "probs": out(F.softmax(logits[0].float(), dim=-1)),
-    }
-
+# -- mechanics walkthrough: lm_core.mechanics (every layout's steps; resolved lazily below) -----------
 
 # -- head metrics live in lm_core.metrics (they build on the functions above) ---------------------
 
 _FROM_METRICS = ("all_head_scores", "head_scores_table", "induction_score", "probe_head_scores")
+_FROM_MECHANICS = ("attention_walkthrough", "kv_groups", "kv_head_of", "rotary_profile")
 
 
 def __getattr__(name: str):
@@ -667,4 +580,8 @@ def __getattr__(name: str):
         from . import metrics
 
         return getattr(metrics, name)
+    if name in _FROM_MECHANICS:  # lm_core.mechanics imports this module too
+        from . import mechanics
+
+        return getattr(mechanics, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

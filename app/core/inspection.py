@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 import lm_core
-from lm_core import analysis, capture, metrics
+from lm_core import analysis, capture, mechanics, metrics
 
 # -- attention inspection ------------------------------------------------------------------
 
@@ -72,6 +72,12 @@ def neighbours(model: lm_core.GPT, token_id: int, k: int) -> tuple[list[int], np
     return [int(i) for i in ids], sims.numpy().astype(np.float32)
 
 
+def rotary_profile(model: lm_core.GPT) -> dict[str, np.ndarray] | None:
+    """``lm_core.mechanics.rotary_profile``: rotary frequencies and the score of a fixed q·k by
+    relative distance; None for a model without rotary positions."""
+    return mechanics.rotary_profile(model)
+
+
 @torch.no_grad()
 def position_similarity(model: lm_core.GPT) -> np.ndarray | None:
     """Cosine similarity of every pair of learned position vectors ``[block_size, block_size]``;
@@ -102,8 +108,9 @@ def logit_lens(model: lm_core.GPT, ids: list[int], top_k: int = 5) -> dict[str, 
 
 
 def walkthrough(model: lm_core.GPT, ids: list[int], layer: int, head: int) -> dict:
-    """``lm_core.analysis.attention_walkthrough`` as float32 numpy arrays (ints kept)."""
-    raw = analysis.attention_walkthrough(model, ids, layer, head)
+    """``lm_core.mechanics.attention_walkthrough`` as float32 numpy arrays (ints, the head group
+    and the :class:`~lm_core.mechanics.Layout` kept)."""
+    raw = mechanics.attention_walkthrough(model, ids, layer, head)
     out = {}
     for k, v in raw.items():
         out[k] = v.numpy() if isinstance(v, torch.Tensor) else v

@@ -17,6 +17,7 @@ import torch
 
 import lm_core
 from lm_core import runs as lm_runs
+from lm_core.mechanics import layout
 from lm_core.tokenizers import CharTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +71,8 @@ class LoadedModel:
         n = self.model.num_params()
         size = f"{n / 1e6:.2f} M" if n >= 1e5 else f"{n / 1e3:.1f} k"
         return (f"{c.n_layer} layers · {c.n_head} heads · width {c.n_embd} · context {c.block_size} · "
-                f"{getattr(self.tokenizer, 'kind', '?')} vocab {c.vocab_size} · {size} parameters")
+                f"{getattr(self.tokenizer, 'kind', '?')} vocab {c.vocab_size} · {size} parameters  \n"
+                f"{layout(c).summary()}")
 
 
 def folder_stamp(path: Path) -> float:

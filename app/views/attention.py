@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from lm_core import metrics
+from lm_core.mechanics import kv_groups
 
 from app import figures, resources, state
 from app.active import active_model
@@ -56,10 +57,18 @@ def head_explorer() -> None:
 
     c1, c2, c3 = st.columns([1, 1, 3])
     layer = c1.selectbox("Layer", list(range(L)), key=state.ATTN_LAYER)
-    head = c2.selectbox("Head", list(range(H)), key=state.ATTN_HEAD)
+    groups = kv_groups(cfg)  # grouped-query attention: the query heads of each key/value head
+    kv_of = {h: g for g, hs in enumerate(groups) for h in hs}
+    shared = len(groups) < H
+    head = c2.selectbox("Head", list(range(H)), key=state.ATTN_HEAD,
+                        format_func=(lambda h: f"H{h} (KV {kv_of[h]})") if shared else str)
     metric = c3.radio("Head score", list(metrics.HEAD_METRICS), key=state.ATTN_METRIC, horizontal=True,
                       format_func=lambda m: metrics.head_metric(m).label, help=ui.metric_help())
     spec = metrics.head_metric(metric)
+    if shared:
+        st.caption(f"Grouped-query attention: {H} query heads share {len(groups)} key/value head(s). Head {head} "
+                   f"reads KV head {kv_of[head]} with query heads {', '.join(map(str, groups[kv_of[head]]))}: "
+                   f"same keys and values, its own queries, so its own pattern. The overview outlines each group.")
     patterns = ins["patterns"]  # (L, H, T, T)
 
     left, right = st.columns([3, 2])
@@ -71,7 +80,8 @@ def head_explorer() -> None:
                          "(the future) is visible. Hover a cell for both tokens and the weight.")
     with right:
         scores = ins[f"score/{metric}"]
-        ui.chart(figures.head_score_overview(scores, spec.label, selected=(layer, head), zrange=spec.value_range),
+        ui.chart(figures.head_score_overview(scores, spec.label, selected=(layer, head), zrange=spec.value_range,
+                                             groups=groups if shared else None),
                  key=state.ATTN_OVERVIEW, name=f"head-scores-{metric}",
                  on_select=_select_head_from_overview, selection_mode="points",
                  caption=f"Every head at once: rows are layers, columns heads, colour and number the "
@@ -80,7 +90,8 @@ def head_explorer() -> None:
 
     tab_grid, tab_query = st.tabs([f"All heads of layer {layer}", "One query token, every head"])
     with tab_grid:
-        ui.chart(figures.attention_grid(patterns[layer], enc.labels, layer, selected_head=head),
+        ui.chart(figures.attention_grid(patterns[layer], enc.labels, layer, selected_head=head,
+                                        kv_heads=[kv_of[h] for h in range(H)] if shared else None),
                  key="attn_grid", name=f"attention-layer-{layer}",
                  caption="Each panel is one head of this layer, with the same axes as the large chart "
                          "(query down, key across) and the same colour scale; hover for the tokens.")

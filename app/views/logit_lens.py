@@ -6,15 +6,17 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from lm_core.mechanics import layout
+
 from app import figures, resources, state
 from app.widgets import ui
 from app.active import active_model
 
-ui.page_header("Logit lens", "The residual stream after each layer, read out as if it were the last one (final "
-               "LayerNorm, then the unembedding): watch the prediction form, layer by layer, as the LLM "
-               "Transparency Tool and Ecco show it.")
-
 lm = active_model()
+ui.page_header("Logit lens", "The residual stream after each layer, read out as if it were the last one (final "
+               f"{layout(lm.config).norm_name}, then the unembedding): watch the prediction form, layer by layer, "
+               "as the LLM Transparency Tool and Ecco show it.")
+
 ui.time_travel_note(lm)
 
 enc = ui.inspected_text(lm, height=90, help="The same text as on the Attention page.")
