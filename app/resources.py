@@ -22,7 +22,7 @@ from .core import circuits, estimates, lessons, predictions
 from .core import inspection as core_inspection  # the cached `inspection` below would shadow the name
 from .core.models import (LoadedModel, at_snapshot, default_model_dir, fallback_model, folder_stamp, from_run, runs_root,
                      load_folder, load_pretrained_model, load_run, snapshot_steps)
-from .training import TrainingRegistry
+from .core.jobs import TrainingRegistry
 
 
 # -- models -------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_browser import (  # noqa: E402  (the browser test's helpers: one place for them)
+from tests.app.test_browser import (  # noqa: E402  (the browser test's helpers: one place for them)
     CHROMIUM,
     CHROMIUM_ARGS,
     free_port,

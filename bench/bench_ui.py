@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_browser import (  # noqa: E402  (the browser test's helpers: one place for them)
+from tests.app.test_browser import (  # noqa: E402  (the browser test's helpers: one place for them)
     CHROMIUM,
     browser_page,
     commit_text_area,

@@ -19,7 +19,7 @@ from app.active import active_model
 from app.core import estimates, lessons
 from app.core.corpus import Corpus
 from app.core.models import runs_root
-from app.training import ACTIVE, AlreadyTraining, NotYours, TrainingJob
+from app.core.jobs import ACTIVE, AlreadyTraining, NotYours, TrainingJob
 from app.widgets import ui
 from app.widgets.history import history_view, saved_baselines
 

@@ -21,7 +21,7 @@ from lm_core.train import Trainer
 
 from app.pages import PAGES as PAGE_SPECS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MAIN = str(ROOT / "app" / "main.py")
 CORPUS = "builtin:python-docs"
 

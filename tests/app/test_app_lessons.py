@@ -22,7 +22,7 @@ from lm_core.recipes import build_trainer
 from lm_core.surprise import compare_surprise
 
 from app.core import lessons
-from test_app import _wait_for, app, charts, default_model_dir, env, no_problem  # noqa: F401  (fixtures)
+from test_app import _wait_for, app, charts, env, no_problem  # noqa: F401  (fixtures)
 from test_app_beyond import _z
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.training import (ACTIVE, AlreadyTraining, NotYours, TrainingJob, TrainingRegistry, training_threads)
+from app.core.jobs import (ACTIVE, AlreadyTraining, NotYours, TrainingJob, TrainingRegistry, training_threads)
 from lm_core.recipes import build_trainer
 
 TINY = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, dropout=0.0)

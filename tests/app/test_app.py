@@ -25,39 +25,13 @@ from lm_core.tokenizers import CharTokenizer
 from lm_core.train import Trainer
 
 from app.pages import PAGES as PAGE_SPECS
+from support import make_tiny_run  # noqa: F401  (the shared tiny run; tests/conftest.py has the fixtures)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MAIN = str(ROOT / "app" / "main.py")
 PAGES = [p.file for p in PAGE_SPECS]   # every page, from the one list main.py navigates
 NO_TABLE_PAGES = {"views/compare.py"}  # pages that show no table to download as CSV
 TIMEOUT = 60
-
-
-def make_tiny_run(path: Path, steps: int = 30) -> Path:
-    """A real (tiny) run folder, trained by lm_core in a few seconds."""
-    text = load_corpus("builtin:python-docs")[:60_000]
-    tok = CharTokenizer.train(text)
-    torch.manual_seed(0)
-    cfg = lm_core.ModelConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)
-    tc = lm_core.TrainConfig(batch_size=4, max_steps=steps, eval_interval=10, eval_iters=2, log_interval=5,
-                             warmup_steps=2, checkpoint_interval=10, sample_tokens=20)
-    Trainer(lm_core.GPT(cfg), tok, text, tc, run_dir=path, corpus="builtin:python-docs").run()
-    return path
-
-
-_DEFAULT_DIR: list[Path] = []  # one stand-in per session, also when test_app_beyond.py imports this fixture
-
-
-@pytest.fixture(scope="session")
-def default_model_dir(tmp_path_factory) -> Path:
-    shipped = ROOT / "assets" / "default"
-    try:
-        lm_runs.load_run(shipped)
-        return shipped
-    except ValueError:
-        if not _DEFAULT_DIR:
-            _DEFAULT_DIR.append(make_tiny_run(tmp_path_factory.mktemp("default") / "run"))
-        return _DEFAULT_DIR[0]
 
 
 @pytest.fixture
@@ -337,7 +311,7 @@ def test_start_pause_resume_stop_changes_state(env):
 
 def test_registry_never_starts_two_runs(env):
     from app import resources
-    from app.training import AlreadyTraining
+    from app.core.jobs import AlreadyTraining
 
     at = app()
     at.switch_page("views/train.py").run()

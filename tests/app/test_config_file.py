@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "streamlit_config.toml"
 STREAMLIT = Path(sys.executable).with_name("streamlit")
 

@@ -43,7 +43,7 @@ from lm_core.train.control import ACTIVE as LM_ACTIVE
 from lm_core.train.control import LAUNCHED_AT_ENV
 from lm_core.train.control import request as control_request
 
-from .core.models import LoadedModel, recorded_head_scores
+from .models import LoadedModel, recorded_head_scores
 
 STARTING = "starting"        # the process is launched and has not reported yet
 ACTIVE = frozenset({STARTING, *(str(s) for s in LM_ACTIVE)})
@@ -51,7 +51,7 @@ MAX_KEPT_JOBS = 3            # ended jobs kept in memory; their run folders stay
 LOG_FILE = "train.log"       # the training process's own output, in its run folder
 MULTI_USER_ENV = "LM_LENS_MULTI_USER"
 THREADS_ENV = "LM_LENS_TRAIN_THREADS"
-_ROOT = Path(__file__).resolve().parent.parent
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 def multi_user() -> bool:

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from lm_core.corpora import load_corpus
 from lm_core.runs import list_snapshot_steps, load_run, snapshot_steps
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")

@@ -16,7 +16,7 @@ import lm_core
 from lm_core import metrics
 from lm_core.tokenizers import CharTokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "app"
 CORE_MODULES = sorted(f"app.core.{p.stem}" for p in (APP / "core").glob("*.py") if p.stem != "__init__")
 

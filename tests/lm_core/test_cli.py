@@ -17,7 +17,7 @@ from lm_core.corpora import load_corpus
 from lm_core.presets import PRESETS, preset_configs
 from lm_core.runs import RESUME_FILE, load_run, read_safetensors
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--block-size", "32", "--batch-size", "8",
          "--dropout", "0.1", "--eval-interval", "100", "--eval-iters", "2", "--log-interval", "10",
          "--checkpoint-interval", "50", "--sample-tokens", "16", "--num-threads", "1", "--quiet"]

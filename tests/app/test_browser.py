@@ -24,7 +24,7 @@ import pytest
 
 from app.pages import PAGES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 # Screenshots go to the README's folder only when asked (LM_LENS_SCREENSHOTS=1): a test run never
 # changes tracked files. Otherwise they land in a temporary folder (still taken: shooting

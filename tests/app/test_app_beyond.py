@@ -3,7 +3,7 @@ ablation (numbers checked by hand), the Compare page, the export bundle (read ba
 ``lm_core.export.read_bundle``), circuits forming during training and the one-click induction
 run, and a GPT-2-shaped model (12 layers × 12 heads, byte-level BPE) on every page.
 
-The shared fixtures (``env``, ``default_model_dir``) and helpers come from ``test_app.py``.
+The shared fixtures come from ``tests/conftest.py`` (``default_model_dir``, ``tiny_run``) and ``test_app.py`` (``env``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from lm_core.tokenizers import CharTokenizer
 from lm_core.train import Trainer
 
 from test_app import PAGES as ALL_PAGES  # every page, from app/pages.py
-from test_app import _wait_for, app, charts, default_model_dir, env, no_problem  # noqa: F401  (fixtures)
+from test_app import _wait_for, app, charts, env, no_problem  # noqa: F401  (fixtures)
 
 
 def _z(fig: dict, trace: int = 0, field: str = "z") -> np.ndarray:
@@ -476,7 +476,7 @@ def test_recorded_head_scores_drive_the_circuits_panel_and_the_bump(env, monkeyp
     from app import resources
     from app.core import circuits
     from app.core.models import HEAD_SCORE_COLUMNS, recorded_head_scores
-    from app.training import TrainingJob
+    from app.core.jobs import TrainingJob
 
     assert list(recorded_head_scores(object()).columns) == HEAD_SCORE_COLUMNS  # nothing recorded: empty
     steps = [0, 10, 20, 30]
@@ -516,14 +516,12 @@ def test_recorded_head_scores_drive_the_circuits_panel_and_the_bump(env, monkeyp
         job.wait(60)
 
 
-def test_circuits_never_lose_a_column_when_the_record_starts_late(tmp_path):
+def test_circuits_never_lose_a_column_when_the_record_starts_late(tiny_run):
     """Live, the panel once switched from a run's weight snapshots to its first recorded
     evaluation and dropped to one column: the steps the record lacks are kept, from snapshots."""
     from app.core import circuits
     from app.widgets.history import head_score_history
-    from test_app import make_tiny_run
-
-    run = make_tiny_run(tmp_path / "run", steps=30)
+    run = tiny_run
     snaps = lm_runs.list_snapshot_steps(run)
     assert len(snaps) >= 3
     full = lm_runs.load_run(run).head_scores
