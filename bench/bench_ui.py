@@ -87,11 +87,11 @@ def app_training(page, url: str, seconds: float, runs: Path) -> float:
         box.press("Enter")
         wait_idle(page)
     settle(page)
-    page.get_by_role("button", name="Start training").click()
+    page.get_by_role("button", name="Start training", exact=True).click()
     page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stProgress\"]')]"
                            ".some(e => e.innerText.includes('running'))", timeout=120_000)
     time.sleep(seconds)
-    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("button", name="Stop", exact=True).click()
     page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stProgress\"]')]"
                            ".some(e => e.innerText.includes('stopped'))", timeout=120_000)
     (run,) = [d for d in runs.iterdir() if (d / "history.csv").exists()]
@@ -149,7 +149,7 @@ def main() -> int:
                 times = []
                 for n in range(1, args.repeats + 1):
                     t0 = time.perf_counter()
-                    page.get_by_role("button", name="Next token").click()
+                    page.get_by_role("button", name="Next token", exact=True).click()
                     page.wait_for_function(f"() => document.querySelectorAll('.lm-gen').length === {n}",
                                            timeout=30_000)
                     times.append(time.perf_counter() - t0)
@@ -165,7 +165,7 @@ def main() -> int:
 
                 open_page(page, url)
                 t0 = time.perf_counter()
-                page.get_by_role("button", name="Export bundle").click()
+                page.get_by_role("button", name="Export bundle", exact=True).click()
                 page.get_by_role("button", name=re.compile(r"^Download bundle")).wait_for(timeout=120_000)
                 emit("export_bundle_s", round(time.perf_counter() - t0, 3), "s", page="Attention",
                      note="zip of the page's figures as HTML and PNG (kaleido starts a headless Chromium), "

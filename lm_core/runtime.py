@@ -39,3 +39,33 @@ def tune_allocator() -> str:
             _done = f"unchanged ({e})"
     log.debug("allocator: %s", _done)
     return _done
+
+
+SERVER_THREADS_ENV = "LM_LENS_SERVER_THREADS"
+_serving: int | None = None
+
+
+def set_serving_threads(default: int = 1) -> int:
+    """Set torch's CPU thread count for a server that answers several sessions (the app).
+
+    Each session's request runs in its own Python thread, and torch gives every calling thread
+    its own OpenMP team of ``torch.get_num_threads()`` threads: six sessions asking at once
+    with the default (every core) put 6 × cores threads on the cores, and OpenMP threads that
+    wait for each other at every operation then stall. One thread per request lets the
+    requests themselves share the cores (measured with ``bench/bench_live.py --only sessions``).
+    Env ``LM_LENS_SERVER_THREADS`` overrides ``default``. Idempotent; returns the count.
+    """
+    global _serving
+    if _serving is None:
+        import torch
+
+        env = os.environ.get(SERVER_THREADS_ENV, "").strip()
+        n = default
+        if env:
+            try:
+                n = max(1, int(env))
+            except ValueError:
+                log.warning("ignoring %s=%r: not a whole number", SERVER_THREADS_ENV, env)
+        torch.set_num_threads(n)
+        _serving = n
+    return _serving

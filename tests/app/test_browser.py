@@ -221,7 +221,7 @@ def test_app_in_chromium(tmp_path):
             box.fill(value)
             box.press("Enter")
             wait_idle(page)
-        page.get_by_role("button", name="Start training").click()
+        page.get_by_role("button", name="Start training", exact=True).click()
         page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stProgress\"]')]"
                                ".some(e => e.innerText.includes('running'))", timeout=60_000)
         seen = [progress_text(page)]
@@ -234,7 +234,7 @@ def test_app_in_chromium(tmp_path):
         settle(page, quiet_ms=300)
         shoot(page, SHOTS / "train.png")
         assert not exceptions(page)
-        page.get_by_role("button", name="Stop").click()
+        page.get_by_role("button", name="Stop", exact=True).click()
         page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stProgress\"]')]"
                                ".some(e => e.innerText.includes('stopped'))", timeout=60_000)
         assert not exceptions(page)
@@ -290,7 +290,7 @@ def test_app_in_chromium(tmp_path):
         # Generate: Next token three times
         open_page(page, f"{url}/generate", charts=False)
         for n in (1, 2, 3):
-            page.get_by_role("button", name="Next token").click()
+            page.get_by_role("button", name="Next token", exact=True).click()
             page.wait_for_function(f"() => document.querySelectorAll('.lm-gen').length === {n}", timeout=30_000)
         page.wait_for_selector(".js-plotly-plot")
         settle(page)
@@ -321,7 +321,7 @@ def test_app_in_chromium(tmp_path):
 
         # Export: one click builds the bundle of the page, which downloads and reads back
         open_page(page, url)
-        page.get_by_role("button", name="Export bundle").click()
+        page.get_by_role("button", name="Export bundle", exact=True).click()
         download = page.get_by_role("button", name=re.compile(r"^Download bundle"))
         download.wait_for(timeout=120_000)
         with page.expect_download(timeout=60_000) as dl:
