@@ -3,11 +3,11 @@
 Plain Python (no Streamlit). The Train page builds a run folder in the server (the one recipe,
 :func:`lm_core.recipes.build_trainer`, so a bad setting is refused at once with a sentence),
 then :meth:`TrainingRegistry.start` launches ``python -m lm_core train --out RUN --resume`` to
-train it. Why a process and not a thread of the server: measured on 2 cores, a training thread
-inside the server shares the GIL with every session's page script and its OpenMP threads with
-the browser's rendering, and ran at 0.4x the CLI's speed while a tab watched; a process of its
-own, with its thread count chosen for the machine (:func:`training_threads`), keeps the CLI's
-speed (``bench/bench_live.py``). It also outlives a server restart (the registry finds it again
+train it. Why a process and not a thread of the server: a training thread inside the server
+shares the GIL with every session's page script (a small model's step is mostly Python), and
+was measured at 0.4x the CLI's speed while a tab watched (issue "Live and shared"); a process of
+its own does not, and with a live view that redraws little, keeps close to the CLI's speed
+(``bench/bench_live.py``). It also outlives a server restart (the registry finds it again
 through its ``status.json``), and a browser tab closing never stops it: it ends at its own
 budget (``max_steps`` / ``max_seconds``).
 
@@ -61,12 +61,14 @@ def multi_user() -> bool:
 
 def training_threads(cores: int | None = None) -> int:
     """CPU threads for a run launched from the app: env ``LM_LENS_TRAIN_THREADS``, else every
-    core but one (at least one).
+    core, as the CLI uses.
 
-    The core left over serves the page scripts and the browser. Training's OpenMP threads wait
-    for each other at every operation, so a thread that loses its core to the browser stalls
-    all of them: on 2 cores, with a tab watching, one thread trains about twice as fast as two
-    (``bench/bench_live.py``).
+    Measured on 2 cores (``bench/bench_live.py``): the induction preset trains at 0.67x on one
+    thread what it does on two, so leaving a core to the pages cannot reach the CLI's speed;
+    what keeps training at the CLI's speed while a tab watches is a live view that costs little
+    (progress every 1.5 s, charts every 10 s) in a server that does not share training's process.
+    On a machine busy with other work, OpenMP threads that lose their core stall each other, and
+    ``LM_LENS_TRAIN_THREADS=1`` can then be faster.
     """
     env = os.environ.get(THREADS_ENV)
     if env:
@@ -79,7 +81,7 @@ def training_threads(cores: int | None = None) -> int:
         return n
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - 1)
+    return max(1, cores)
 
 
 class AlreadyTraining(ValueError):

@@ -21,9 +21,11 @@ from app.core.corpus import Corpus
 from app.core.models import runs_root
 from app.core.jobs import ACTIVE, AlreadyTraining, NotYours, TrainingJob
 from app.widgets import ui
-from app.widgets.history import history_view, saved_baselines
+from app.widgets.history import history_charts, history_metrics, history_view, saved_baselines
 
-POLL_S = 1.5                # live view refresh while a run is active (each poll costs ~0.1 s of CPU)
+POLL_S = 1.5                # progress and numbers while a run is active: a few small elements
+CHARTS_S = 10.0             # the charts while a run is active: redrawing them is what costs the CPU
+                            # a run trains on (server and browser), measured with bench/bench_live.py
 PREVIEW_CHARS = 600
 SOURCES = ["Built-in", "Tiny Shakespeare", "Upload a .txt", "Paste text", "Synthetic task"]
 DEFAULT_PRESET = "default"
@@ -461,8 +463,8 @@ def _wait_for_status(job: TrainingJob, wanted: tuple[str, ...], timeout: float =
 
 
 def live_view() -> None:
-    """Everything that changes while the model trains. Reruns on its own every POLL_S seconds
-    while a run is active (a fragment: the rest of the page is not redrawn)."""
+    """Progress and the latest numbers. Reruns on its own every POLL_S seconds while a run is
+    active (a fragment: nothing else on the page is redrawn)."""
     snap = job.poll()
     if snap.status != st.session_state.get(state.TRAIN_PAGE_STATUS):
         st.rerun()  # started, paused, stopping or ended: redraw the whole page (buttons, sidebar) once
@@ -481,14 +483,25 @@ def live_view() -> None:
     elif snap.status in ("finished", "stopped"):
         st.success(f"Run **{job.run_id}** {snap.status} at step {step:,} ({snap.reason}). It is saved in "
                    f"{job.run_dir} and listed in the sidebar.", icon=":material/check_circle:")
+    history_metrics(snap.history)
+
+
+def live_charts() -> None:
+    """The run's charts. While it trains they are redrawn every CHARTS_S seconds, not at every
+    poll: drawing charts is what takes CPU from the run."""
+    snap = job.poll()
+    tc = job.train_config
     state.set_export_subject({"model": job.model_config.to_dict(), "train": tc.to_dict(), "corpus": job.corpus_name,
-                              "tokenizer": getattr(job.tokenizer, "kind", None), "source": job.run_id, "step": step},
-                             snap.history, job.run_id)
+                              "tokenizer": getattr(job.tokenizer, "kind", None), "source": job.run_id,
+                              "step": snap.step}, snap.history, job.run_id)
+    if snap.status in ACTIVE:
+        st.caption(f"Charts as of step {snap.step:,}; they refresh every {CHARTS_S:.0f} s while the run trains "
+                   f"(the numbers above, every {POLL_S} s).")
     baselines = job.baselines()
-    history_view(snap.history, snap.samples, job.run_id, head_scores=snap, run_dir=job.run_dir,
-                 live=snap.status in ACTIVE, baselines=baselines,
-                 baselines_note="" if baselines else NO_LIVE_BASELINES,
-                 reason=None if snap.status in ACTIVE else snap.reason)
+    history_charts(snap.history, snap.samples, job.run_id, head_scores=snap, run_dir=job.run_dir,
+                   live=snap.status in ACTIVE, baselines=baselines,
+                   baselines_note="" if baselines else NO_LIVE_BASELINES,
+                   reason=None if snap.status in ACTIVE else snap.reason)
 
 
 notice = st.session_state.pop(state.TRAIN_NOTICE, None)
@@ -508,6 +521,7 @@ st.divider()
 if job is not None:
     st.subheader("Live view" if active else f"Last run: {job.run_id}")
     st.fragment(run_every=POLL_S if active else None)(live_view)()
+    st.fragment(run_every=CHARTS_S if active else None)(live_charts)()
 else:
     lm = active_model()
     if lm.history is not None and len(lm.history):

@@ -101,14 +101,21 @@ def circuits_view(scores: pd.DataFrame, source: str, bump, name: str, key_prefix
         ui.csv_download(scores, f"head-scores-{name}", key=f"{key_prefix}_circuits_csv", label="Head scores CSV")
 
 
-def history_view(hist, samples: list, name: str, key_prefix: str = "train", head_scores=None,
-                 run_dir=None, live: bool = False, baselines=(), baselines_note: str = "",
-                 reason: str | None = None) -> None:
-    """Metrics and charts of a training history (live or saved), with the circuits forming, the
-    n-gram ``baselines`` as reference lines, and where val stopped improving and the run stopped
-    (``reason``: why it ended; None while it trains)."""
-    scores, source = head_score_history(head_scores, run_dir)
-    bump = circuits.induction_bump(scores)
+def wall_tokens_per_s(hist: pd.DataFrame, window: int = 10) -> float | None:
+    """Tokens per wall-clock second over the last ``window`` logged rows: ``tokens_seen`` over
+    ``elapsed_s`` (evaluations, checkpoints and any waiting included, pauses excluded), what a
+    person watching sees, not the per-step timer's flattering figure."""
+    if not {"tokens_seen", "elapsed_s"} <= set(hist.columns) or len(hist) < 2:
+        return None
+    tail = hist[["tokens_seen", "elapsed_s"]].dropna().tail(window + 1)
+    if len(tail) < 2:
+        return None
+    dt = float(tail["elapsed_s"].iloc[-1] - tail["elapsed_s"].iloc[0])
+    return float(tail["tokens_seen"].iloc[-1] - tail["tokens_seen"].iloc[0]) / dt if dt > 0 else None
+
+
+def history_metrics(hist: pd.DataFrame) -> None:
+    """The latest numbers of a training history as tiles (cheap: the live view redraws them often)."""
     last = hist.iloc[-1].to_dict() if len(hist) else {}
 
     def num(v):
@@ -117,12 +124,33 @@ def history_view(hist, samples: list, name: str, key_prefix: str = "train", head
     val = hist["val_loss"].dropna() if "val_loss" in hist else []
     bpc = hist["val_bpc"].dropna() if "val_bpc" in hist else []
     k = st.columns(5)
-    tl, tps, gn = num(last.get("train_loss")), num(last.get("tokens_per_s")), num(last.get("grad_norm"))
+    tl, gn = num(last.get("train_loss")), num(last.get("grad_norm"))
+    tps = wall_tokens_per_s(hist)
     k[0].metric("Train loss", f"{tl:.3f}" if tl is not None else "–")
     k[1].metric("Val loss", f"{val.iloc[-1]:.3f}" if len(val) else "–")
     k[2].metric("Bits per character (val)", f"{bpc.iloc[-1]:.3f}" if len(bpc) else "–")
-    k[3].metric("Tokens / s", f"{tps:,.0f}" if tps is not None else "–")
+    k[3].metric("Tokens / s", f"{tps:,.0f}" if tps is not None else "–",
+                help="Tokens per wall-clock second over the last logged rows: evaluations and checkpoints "
+                     "included, pauses left out.")
     k[4].metric("Gradient norm", f"{gn:.3f}" if gn is not None else "–")
+
+
+def history_view(hist, samples: list, name: str, key_prefix: str = "train", head_scores=None,
+                 run_dir=None, live: bool = False, baselines=(), baselines_note: str = "",
+                 reason: str | None = None) -> None:
+    """Metrics and charts of a training history (live or saved), with the circuits forming, the
+    n-gram ``baselines`` as reference lines, and where val stopped improving and the run stopped
+    (``reason``: why it ended; None while it trains)."""
+    history_metrics(hist)
+    history_charts(hist, samples, name, key_prefix, head_scores, run_dir, live, baselines, baselines_note, reason)
+
+
+def history_charts(hist, samples: list, name: str, key_prefix: str = "train", head_scores=None,
+                   run_dir=None, live: bool = False, baselines=(), baselines_note: str = "",
+                   reason: str | None = None) -> None:
+    """The charts of a training history (see :func:`history_view`)."""
+    scores, source = head_score_history(head_scores, run_dir)
+    bump = circuits.induction_bump(scores)
 
     c1, c2 = st.columns([3, 2])
     with c1:

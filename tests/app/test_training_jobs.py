@@ -111,11 +111,11 @@ def test_a_process_that_dies_is_reported_failed_with_its_log(registry, tmp_path)
     assert not job.active
 
 
-def test_training_threads_leave_a_core_for_the_pages(monkeypatch):
+def test_training_threads_are_every_core_unless_told(monkeypatch):
     monkeypatch.delenv("LM_LENS_TRAIN_THREADS", raising=False)
-    assert training_threads(2) == 1 and training_threads(8) == 7 and training_threads(1) == 1
-    monkeypatch.setenv("LM_LENS_TRAIN_THREADS", "2")
-    assert training_threads(2) == 2
+    assert training_threads(2) == 2 and training_threads(8) == 8 and training_threads(1) == 1  # as the CLI
+    monkeypatch.setenv("LM_LENS_TRAIN_THREADS", "1")
+    assert training_threads(2) == 1
     monkeypatch.setenv("LM_LENS_TRAIN_THREADS", "zero")
     with pytest.raises(ValueError, match="whole number"):
         training_threads()
