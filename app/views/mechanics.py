@@ -356,7 +356,7 @@ with tab_fwd:
 
 with tab_train:
     reg = resources.registry()
-    job = reg.active_job() or reg.latest()
+    job = reg.active_job() or reg.latest(owner=ui.browser_id())  # shared server: this browser's last run
     history, source = None, ""
     if job is not None:
         history, source = job.poll().history, f"run '{job.run_id}' ({job.status})"
