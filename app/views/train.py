@@ -340,21 +340,29 @@ def _start(mc: lm_core.ModelConfig, train_over: dict, name: str | None = None) -
     return False
 
 
-def _fill_induction() -> None:
-    """"Train an induction model": the induction preset with its corpus and tokenizer, started on this run."""
+def _load_preset(preset_name: str, source: str, problem_key: str) -> bool:
+    """Fill the settings with a preset, its corpus and its tokenizer (a one-click demo). False,
+    with the reason kept under ``problem_key`` for the demo's box, when its corpus cannot load."""
     ss = st.session_state
-    preset = PRESETS[INDUCTION_PRESET]
-    task = preset.corpus.split(":", 1)[1]
-    ss[state.TRAIN_SOURCE] = "Synthetic task"
-    ss[state.TRAIN_SYNTH] = task
+    preset = PRESETS[preset_name]
+    ss[state.TRAIN_SOURCE] = source
     try:
         _set_corpus(preset.corpus, preset.corpus, resources.corpus_text(preset.corpus))
     except ValueError as e:
-        ss[state.TRAIN_INDUCTION_PROBLEM] = str(e)
-        return
+        ss[problem_key] = str(e)
+        return False
     ss[state.TRAIN_TOKENIZER] = preset.tokenizer
-    ss[state.TRAIN_PRESET] = INDUCTION_PRESET
+    ss[state.TRAIN_PRESET] = preset_name
     _apply_preset()
+    return True
+
+
+def _fill_induction() -> None:
+    """"Train an induction model": the induction preset with its corpus and tokenizer, started on this run."""
+    ss = st.session_state
+    ss[state.TRAIN_SYNTH] = PRESETS[INDUCTION_PRESET].corpus.split(":", 1)[1]
+    if not _load_preset(INDUCTION_PRESET, "Synthetic task", state.TRAIN_INDUCTION_PROBLEM):
+        return
     ss[state.TRAIN_START_INDUCTION] = True
     if ss.get(state.INSPECT_TEXT, state.DEFAULT_INSPECT_TEXT) == state.DEFAULT_INSPECT_TEXT:
         # the Attention page then shows what the head does: a random run of letters, written twice
@@ -377,18 +385,8 @@ def induction_box() -> None:
 def _fill_demo(preset_name: str) -> None:
     """"Watch a model over-fit": the preset with its corpus slice (Tiny Shakespeare's first
     characters) and tokenizer, started on this run under a folder named after the preset."""
-    ss = st.session_state
-    preset = PRESETS[preset_name]
-    ss[state.TRAIN_SOURCE] = "Tiny Shakespeare"
-    try:
-        _set_corpus(preset.corpus, preset.corpus, resources.corpus_text(preset.corpus))
-    except ValueError as e:
-        ss[state.TRAIN_DEMO_PROBLEM] = str(e)
-        return
-    ss[state.TRAIN_TOKENIZER] = preset.tokenizer
-    ss[state.TRAIN_PRESET] = preset_name
-    _apply_preset()
-    ss[state.TRAIN_START_DEMO] = preset_name
+    if _load_preset(preset_name, "Tiny Shakespeare", state.TRAIN_DEMO_PROBLEM):
+        st.session_state[state.TRAIN_START_DEMO] = preset_name
 
 
 def overfit_box() -> None:
