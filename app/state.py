@@ -102,6 +102,7 @@ TRAIN_DROPOUT = "train_dropout"
 TRAIN_MAX_MINUTES = "train_max_minutes"
 TRAIN_PATIENCE = "train_patience"      # early stopping: evaluations without a better val loss (0 = off)
 TRAIN_LOG_Y = "train_log_y"
+TRAIN_LIVE_CHART = "train_live_chart"  # the chart redrawn live beside the loss while a run trains
 TRAIN_ESTIMATE = "train_estimate"      # (settings key, seconds per step)
 TRAIN_NOTICE = "train_notice"          # a message to show once after a rerun
 TRAIN_START_INDUCTION = "train_start_induction"  # set by "Train an induction model": start on this run
@@ -143,6 +144,7 @@ WIDGET_DEFAULTS: dict[str, Any] = {
     TRAIN_TOKENIZER: "char",
     TRAIN_VOCAB: 512,
     TRAIN_LOG_Y: False,
+    TRAIN_LIVE_CHART: "circuits",
     TRAIN_MAX_MINUTES: 30,
     PRETRAINED_NAME: "gpt2",
     LENS_TOPK: 5,

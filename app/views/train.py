@@ -21,11 +21,13 @@ from app.core.corpus import Corpus
 from app.core.models import runs_root
 from app.core.jobs import ACTIVE, AlreadyTraining, NotYours, TrainingJob
 from app.widgets import ui
-from app.widgets.history import history_charts, history_metrics, history_view, saved_baselines
+from app.widgets.history import LIVE_CHARTS, LIVE_NOTE, history_charts, history_metrics, history_view, saved_baselines
 
-POLL_S = 1.5                # progress and numbers while a run is active: a few small elements
-CHARTS_S = 10.0             # the charts while a run is active: redrawing them is what costs the CPU
-                            # a run trains on (server and browser), measured with bench/bench_live.py
+# While a run is active the page redraws itself: every redraw costs the CPU the run trains on, in
+# the server and, most, in the browser (a Plotly chart redraw takes Chromium 0.1–0.6 s of CPU even
+# when its figure did not change). Measured with bench/bench_live.py --only watch.
+POLL_S = 2.0                # progress and the latest numbers: a few small elements
+CHARTS_S = 10.0             # the loss and the one chart picked to watch live (history.LIVE_CHARTS)
 PREVIEW_CHARS = 600
 SOURCES = ["Built-in", "Tiny Shakespeare", "Upload a .txt", "Paste text", "Synthetic task"]
 DEFAULT_PRESET = "default"
@@ -492,14 +494,17 @@ def live_charts() -> None:
     state.set_export_subject({"model": job.model_config.to_dict(), "train": tc.to_dict(), "corpus": job.corpus_name,
                               "tokenizer": getattr(job.tokenizer, "kind", None), "source": job.run_id,
                               "step": snap.step}, snap.history, job.run_id)
-    if snap.status in ACTIVE:
+    only = None
+    if snap.status in ACTIVE and snap.status != "paused":
         st.caption(f"Charts as of step {snap.step:,}; they refresh every {CHARTS_S:.0f} s while the run trains "
-                   f"(the numbers above, every {POLL_S} s).")
+                   f"(the numbers above, every {POLL_S:.0f} s). {LIVE_NOTE}")
+        only = st.segmented_control("Watch live", list(LIVE_CHARTS), key=state.TRAIN_LIVE_CHART,
+                                    format_func=LIVE_CHARTS.get, required=True)
     baselines = job.baselines()
     history_charts(snap.history, snap.samples, job.run_id, head_scores=snap, run_dir=job.run_dir,
                    live=snap.status in ACTIVE, baselines=baselines,
                    baselines_note="" if baselines else NO_LIVE_BASELINES,
-                   reason=None if snap.status in ACTIVE else snap.reason)
+                   reason=None if snap.status in ACTIVE else snap.reason, only=only)
 
 
 notice = st.session_state.pop(state.TRAIN_NOTICE, None)

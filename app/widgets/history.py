@@ -58,8 +58,10 @@ def head_score_history(recorded, run_dir) -> tuple[pd.DataFrame, str]:
     return both, f"recorded at each evaluation, and computed from {len(missing)} weight snapshots before that"
 
 
-def circuits_view(scores: pd.DataFrame, source: str, bump, name: str, key_prefix: str, live: bool) -> None:
-    """Head scores of every head over the steps: which circuits formed, and when."""
+def circuits_view(scores: pd.DataFrame, source: str, bump, name: str, key_prefix: str, live: bool,
+                  lines: bool = True) -> None:
+    """Head scores of every head over the steps: which circuits formed, and when (``lines``: also
+    the one-line-per-head chart beside the heatmap)."""
     st.markdown("#### :material/hub: Circuits")
     if not len(scores):
         if live:
@@ -85,7 +87,7 @@ def circuits_view(scores: pd.DataFrame, source: str, bump, name: str, key_prefix
         focus = (bump.layer, bump.head)
     else:  # the head whose final score is the strongest (highest, or lowest where low means focused)
         focus = circuits.strongest_head(z, heads, kind)
-    c1, c2 = st.columns([3, 2])
+    c1, c2 = st.columns([3, 2]) if lines else (st.container(), None)
     with c1:
         ui.chart(figures.head_scores_over_time(z, steps, heads, label, zrange=metric.value_range,
                                                marks=marks),
@@ -93,6 +95,9 @@ def circuits_view(scores: pd.DataFrame, source: str, bump, name: str, key_prefix
                  caption=f"Every head (rows: layer · head) at each measured step (columns), coloured by its {label} "
                          f"score on a fixed probe of random tokens repeated twice ({source}). A row that lights up is "
                          f"a head taking on that job.")
+    if c2 is None:
+        ui.csv_download(scores, f"head-scores-{name}", key=f"{key_prefix}_circuits_csv", label="Head scores CSV")
+        return
     with c2:
         ui.chart(figures.head_score_lines(z, steps, heads, label, highlight=focus, marks=marks),
                  key=f"{key_prefix}_circuits_lines", name=f"circuits-{kind}-lines-{name}",
@@ -145,68 +150,111 @@ def history_view(hist, samples: list, name: str, key_prefix: str = "train", head
     history_charts(hist, samples, name, key_prefix, head_scores, run_dir, live, baselines, baselines_note, reason)
 
 
+LIVE_CHARTS = {
+    "circuits": ":material/hub: Circuits",
+    "gradients": ":material/stacked_line_chart: Gradient norms",
+    "updates": ":material/trending_up: Update ratios",
+    "speed": ":material/speed: Speed",
+}
+LIVE_NOTE = ("While the run trains, the loss and one more chart of your choice redraw; every chart redrawn "
+             "costs the browser CPU the run needs. All charts are shown when the run is paused or ends.")
+
+
 def history_charts(hist, samples: list, name: str, key_prefix: str = "train", head_scores=None,
                    run_dir=None, live: bool = False, baselines=(), baselines_note: str = "",
-                   reason: str | None = None) -> None:
-    """The charts of a training history (see :func:`history_view`)."""
+                   reason: str | None = None, only: str | None = None) -> None:
+    """The charts of a training history (see :func:`history_view`). ``only`` (a key of
+    :data:`LIVE_CHARTS`): the loss, the latest sample and that one chart, the live view of a run
+    while it trains (each chart the browser redraws takes CPU from the run)."""
     scores, source = head_score_history(head_scores, run_dir)
     bump = circuits.induction_bump(scores)
 
     c1, c2 = st.columns([3, 2])
     with c1:
-        log_y = st.toggle("Log scale", key=state.TRAIN_LOG_Y)
-        run_end = lessons.run_marks(hist, reason)
-        marks = ([(bump.step, bump.label())] if bump is not None else []) + run_end.chart_marks()
-        caption = ("Cross-entropy per token against the training step: the line is each step's training "
-                   "batch, the diamonds the held-out validation text (the last 10% of the corpus). "
-                   "Lower is better; val above train means over-fitting.")
-        if bump is not None:
-            caption += (f" The dashed line at step {bump.step:,}: an induction head (L{bump.layer} H{bump.head}) "
-                        f"forms; see Circuits below.")
-        if run_end.best_step is not None:
-            kept = run_dir is not None and (run_dir / lm_runs.BEST_FILE).exists()
-            caption += (f" 'val best' marks step {run_end.best_step:,}, where val loss was lowest "
-                        f"({run_end.best_val:.3f})" + ("; its weights are kept in best.safetensors" if kept else "")
-                        + ". If val rises after it while train keeps falling, the model is memorising the "
-                          "training text: add dropout or early stopping (advanced settings).")
-        if baselines:
-            passed = lm_ngram.passed_at(hist, baselines)
-            fig = lesson_figures.loss_with_baselines(hist, baselines, passed, log_y=log_y, marks=marks,
-                                                     title="Loss against the n-gram baselines")
-            beaten = [f"the {b} at step {s:,}" for b, s in passed.items() if s is not None]
-            caption += (" Dotted lines: the val loss of n-gram models that predict from only the last 0–3 tokens "
-                        "(counted on the same train split); a ring marks where the transformer passes each"
-                        + (f" — here {', '.join(beaten)}" if beaten else "") + ". Below the 4-gram line, "
-                        "the model uses context further back than three tokens: that is what attention buys.")
-        else:
-            fig = figures.loss_curves(hist, log_y=log_y, marks=marks)
-        ui.chart(fig, key=f"{key_prefix}_loss_chart", name=f"loss-{name}", caption=caption)
-        if baselines:
-            ui.csv_download(pd.DataFrame(list(baselines)), f"baselines-{name}", key=f"{key_prefix}_baselines_csv",
-                            label="Baselines CSV")
-        elif baselines_note:
-            st.caption(baselines_note)
-        ui.csv_download(hist, f"history-{name}", key=f"{key_prefix}_hist_csv", label="History CSV")
+        _loss_panel(hist, name, key_prefix, run_dir, baselines, baselines_note, reason, bump)
     with c2:
-        ui.chart(figures.throughput_chart(hist), key=f"{key_prefix}_tps_chart", name=f"throughput-{name}",
-                 caption="Left: training speed in tokens per second. Right: bits per character "
-                         "(line: training batch; diamonds: validation) — comparable across tokenizers.")
-        st.markdown("**Latest sample**")
-        if samples:
-            s = samples[-1]
-            st.caption(f"Generated at step {s['step']} from a newline, temperature 0.8:")
-            st.code(s["text"][:800], language=None)
+        if only is None:
+            _speed_chart(hist, name, key_prefix)
+        _sample_panel(samples)
+    if only is not None:
+        if only == "circuits":
+            circuits_view(scores, source, bump, name, key_prefix, live=live, lines=False)
+        elif only == "gradients":
+            _grad_chart(hist, name, key_prefix)
+        elif only == "updates":
+            _update_chart(hist, name, key_prefix)
         else:
-            st.caption("The first sample appears at the first evaluation.")
+            _speed_chart(hist, name, key_prefix)
+        return
     circuits_view(scores, source, bump, name, key_prefix, live=live)
     c3, c4 = st.columns(2)
     with c3:
-        ui.chart(figures.grad_norm_heatmap(hist), key=f"{key_prefix}_grad_chart", name=f"gradient-norms-{name}",
-                 caption="Gradient norm per parameter group (rows: embeddings, each block's attention and MLP, final "
-                         "LayerNorm) over the steps (columns); colour = log₁₀ of the norm. Bright stripes show "
-                         "where learning is happening.")
+        _grad_chart(hist, name, key_prefix)
     with c4:
-        ui.chart(figures.update_ratio_chart(hist), key=f"{key_prefix}_update_chart", name=f"update-ratios-{name}",
-                 caption="Size of each step's weight change relative to the weights, per group (log scale). "
-                         "Around 10⁻³ (dashed) is the usual healthy range; much higher means the learning rate "
-                         "is too high.")
+        _update_chart(hist, name, key_prefix)
+
+
+def _loss_panel(hist, name, key_prefix, run_dir, baselines, baselines_note, reason, bump) -> None:
+    log_y = st.toggle("Log scale", key=state.TRAIN_LOG_Y)
+    run_end = lessons.run_marks(hist, reason)
+    marks = ([(bump.step, bump.label())] if bump is not None else []) + run_end.chart_marks()
+    caption = ("Cross-entropy per token against the training step: the line is each step's training "
+               "batch, the diamonds the held-out validation text (the last 10% of the corpus). "
+               "Lower is better; val above train means over-fitting.")
+    if bump is not None:
+        caption += (f" The dashed line at step {bump.step:,}: an induction head (L{bump.layer} H{bump.head}) "
+                    f"forms; see Circuits below.")
+    if run_end.best_step is not None:
+        kept = run_dir is not None and (run_dir / lm_runs.BEST_FILE).exists()
+        caption += (f" 'val best' marks step {run_end.best_step:,}, where val loss was lowest "
+                    f"({run_end.best_val:.3f})" + ("; its weights are kept in best.safetensors" if kept else "")
+                    + ". If val rises after it while train keeps falling, the model is memorising the "
+                      "training text: add dropout or early stopping (advanced settings).")
+    if baselines:
+        passed = lm_ngram.passed_at(hist, baselines)
+        fig = lesson_figures.loss_with_baselines(hist, baselines, passed, log_y=log_y, marks=marks,
+                                                 title="Loss against the n-gram baselines")
+        beaten = [f"the {b} at step {s:,}" for b, s in passed.items() if s is not None]
+        caption += (" Dotted lines: the val loss of n-gram models that predict from only the last 0–3 tokens "
+                    "(counted on the same train split); a ring marks where the transformer passes each"
+                    + (f" — here {', '.join(beaten)}" if beaten else "") + ". Below the 4-gram line, "
+                    "the model uses context further back than three tokens: that is what attention buys.")
+    else:
+        fig = figures.loss_curves(hist, log_y=log_y, marks=marks)
+    ui.chart(fig, key=f"{key_prefix}_loss_chart", name=f"loss-{name}", caption=caption)
+    if baselines:
+        ui.csv_download(pd.DataFrame(list(baselines)), f"baselines-{name}", key=f"{key_prefix}_baselines_csv",
+                        label="Baselines CSV")
+    elif baselines_note:
+        st.caption(baselines_note)
+    ui.csv_download(hist, f"history-{name}", key=f"{key_prefix}_hist_csv", label="History CSV")
+
+
+def _sample_panel(samples: list) -> None:
+    st.markdown("**Latest sample**")
+    if samples:
+        s = samples[-1]
+        st.caption(f"Generated at step {s['step']} from a newline, temperature 0.8:")
+        st.code(s["text"][:800], language=None)
+    else:
+        st.caption("The first sample appears at the first evaluation.")
+
+
+def _speed_chart(hist, name: str, key_prefix: str) -> None:
+    ui.chart(figures.throughput_chart(hist), key=f"{key_prefix}_tps_chart", name=f"throughput-{name}",
+             caption="Left: training speed in tokens per second. Right: bits per character "
+                     "(line: training batch; diamonds: validation) — comparable across tokenizers.")
+
+
+def _grad_chart(hist, name: str, key_prefix: str) -> None:
+    ui.chart(figures.grad_norm_heatmap(hist), key=f"{key_prefix}_grad_chart", name=f"gradient-norms-{name}",
+             caption="Gradient norm per parameter group (rows: embeddings, each block's attention and MLP, the "
+                     "final norm) over the steps (columns); colour = log₁₀ of the norm. Bright stripes show "
+                     "where learning is happening.")
+
+
+def _update_chart(hist, name: str, key_prefix: str) -> None:
+    ui.chart(figures.update_ratio_chart(hist), key=f"{key_prefix}_update_chart", name=f"update-ratios-{name}",
+             caption="Size of each step's weight change relative to the weights, per group (log scale). "
+                     "Around 10⁻³ (dashed) is the usual healthy range; much higher means the learning rate "
+                     "is too high.")

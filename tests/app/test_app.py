@@ -271,11 +271,14 @@ def test_start_pause_resume_stop_changes_state(env):
     assert job.train_config.snapshots == lm_core.TrainConfig().snapshots  # kept for time travel
     assert at.button(key="train_btn_start").disabled  # a second start is impossible from the UI
     assert _wait_for(lambda: len(job.history()) >= 1)
-    at.run()  # the live view shows the run
-    assert {"train_loss_chart", "train_grad_chart", "train_update_chart"} <= set(charts(at))
+    at.run()  # the live view shows the run: the loss and the one chart picked to watch live
+    assert set(charts(at)) == {"train_loss_chart", "train_circuits_heat"} or not job.active
+    at.button_group(key="train_live_chart").set_value("updates").run()
+    assert "train_update_chart" in charts(at) and "train_grad_chart" not in charts(at)
 
     at.button(key="train_btn_pause").click().run()
     assert job.status == "paused"
+    assert {"train_loss_chart", "train_grad_chart", "train_update_chart"} <= set(charts(at))  # paused: all
     at.button(key="train_btn_resume").click().run()
     assert job.status == "running"
 

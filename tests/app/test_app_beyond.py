@@ -372,8 +372,18 @@ def test_induction_button_starts_the_induction_preset_and_circuits_show(env, mon
         at.run()
         no_problem(at)
         c = charts(at)
-        assert {"train_circuits_heat", "train_circuits_lines"} <= set(c)
+        assert "train_circuits_heat" in c
         assert c["train_circuits_heat"]["data"][0]["y"][:2] == ["L0 H0", "L0 H1"]
+        watch = [b for b in at.button_group if b.key == "train_live_chart"]
+        if watch:  # still training: the loss and the one chart picked redraw, nothing else
+            assert set(c) == {"train_loss_chart", "train_circuits_heat"}
+            watch[0].set_value("gradients").run()
+            no_problem(at)
+            if [b for b in at.button_group if b.key == "train_live_chart"]:
+                assert set(charts(at)) == {"train_loss_chart", "train_grad_chart"}
+            watch[0].set_value("circuits").run()
+        else:  # it already ended: every chart
+            assert {"train_circuits_lines", "train_grad_chart", "train_update_chart", "train_tps_chart"} <= set(c)
 
         # the Train page's bundle is the run's (config, history, figures), not the sidebar model's;
         # without Chrome it holds HTML only and says so
