@@ -15,7 +15,7 @@ import torch
 from .config import ModelConfig, TrainConfig
 from .model import GPT
 
-__all__ = ["measure_step_time"]
+__all__ = ["measure_matmul_flops", "measure_step_time"]
 
 
 def measure_step_time(cfg: ModelConfig, batch_size: int, steps: int = 3, device: str = "auto") -> float:
@@ -45,3 +45,21 @@ def measure_step_time(cfg: ModelConfig, batch_size: int, steps: int = 3, device:
         stepper.one_step(measure=False)
     sync()
     return (time.perf_counter() - t0) / steps
+
+
+def measure_matmul_flops(tokens: int = 128, width: int = 768, repeats: int = 5) -> float:
+    """Floating-point operations per second of this machine on a transformer-shaped float32
+    matmul (``tokens`` × ``width`` by ``width`` × 4·``width``: an MLP at GPT-2 width), the best
+    of ``repeats`` after one warm-up; with the current torch thread setting. What
+    :func:`lm_core.catalog.estimate` turns a parameter count into seconds with."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(tokens, width, generator=gen)            # (T, D)
+    b = torch.randn(width, 4 * width, generator=gen)         # (D, 4D)
+    best = float("inf")
+    with torch.no_grad():
+        a @ b
+        for _ in range(max(1, int(repeats))):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+    return 2.0 * tokens * width * 4 * width / max(best, 1e-9)
