@@ -1,9 +1,12 @@
 """The active model: what the sidebar picker chose, resolved to a :class:`LoadedModel`.
 
 The sidebar (drawn by ``main.py`` on every page) lists the shipped default model, the run
-folders under ``runs/``, the run being trained and a pretrained model (GPT-2 or a local
-folder); a time-travel slider picks which weight snapshot of a run every page shows. Pages call
-:func:`active_model`. After the page has run, :func:`export_controls` offers its bundle.
+folders under ``runs/``, the run being trained and a pretrained model (a curated list that fits
+a laptop, any hub name, or a local folder: its size, layout and cost shown before a download
+that runs in the background and can be cancelled); a time-travel slider picks which weight
+snapshot of a run, or which published training checkpoint of a hub model (Pythia), every page
+shows. Pages call :func:`active_model`. After the page has run, :func:`export_controls` offers
+its bundle.
 """
 
 from __future__ import annotations
@@ -14,9 +17,14 @@ from pathlib import Path
 
 import streamlit as st
 
+from lm_core import catalog
+from lm_core import hub as lm_hub
+
 from . import resources, state
-from .core import bundle
+from .core import bundle, picker
 from .core.bundle import ExportRecord
+from .core.hubjobs import CANCELLED, DONE
+from .widgets.hub import job_progress, take_finished
 from .core.models import DEFAULT_CHOICE, LoadedModel, folder_stamp, list_run_folders, runs_root, snapshot_stamp, snapshot_steps
 
 PRETRAINED_CHOICE = "pretrained"
@@ -73,9 +81,54 @@ def resolve(choice: str) -> tuple[LoadedModel, str | None]:
     return lm, problem
 
 
+def hub_name(lm: LoadedModel) -> str | None:
+    """The hub name of a pretrained model (None for a local folder and every other kind)."""
+    if lm.kind != "pretrained" or not lm.family.startswith("pretrained:"):
+        return None
+    name = lm.family[len("pretrained:"):]
+    return None if picker.is_folder(name) else name
+
+
+def hub_revisions(lm: LoadedModel) -> list[tuple[str, int]]:
+    """A hub model's training-step checkpoints ``(revision, step)`` (Pythia's ``step0`` …), in step
+    order; none for other models. A curated model that publishes none is not asked about."""
+    name = hub_name(lm)
+    if name is None:
+        return []
+    entry = catalog.catalog_entry(name)
+    if entry is not None and not entry.step_revisions:
+        return []
+    return list(resources.step_revisions(name, lm_hub.endpoint()))
+
+
+def _at_revision(lm: LoadedModel, step: int) -> tuple[LoadedModel, str | None]:
+    """A hub model at its checkpoint of ``step``: loaded from the cache, or downloaded in the
+    background first (the sidebar shows the progress; the final weights meanwhile)."""
+    revs = hub_revisions(lm)
+    if not revs or step == revs[-1][1]:
+        return lm, None  # the last checkpoint is what the repo's main branch holds
+    rev = next((r for r, s in revs if s == step), None)
+    if rev is None:
+        return lm, None
+    name = hub_name(lm)
+    if picker.cached(name, rev):
+        try:
+            return resources.pretrained_model(name, rev), None
+        except ValueError as e:
+            return lm, f"The checkpoint of step {step:,} could not be loaded ({e}); showing the final weights."
+    rec = state.get(state.HUB_JOB)
+    if not rec or tuple(rec["key"]) != ("download", name, rev):
+        job = resources.hub_jobs().download(name, rev, state.session_token())
+        state.put(state.HUB_JOB, {"key": job.key, "then": "step"})
+    return lm, (f"Downloading the checkpoint of step {step:,} (progress above); pages show the final weights "
+                f"until it has arrived.")
+
+
 def at_step(lm: LoadedModel, step: int | None) -> tuple[LoadedModel, str | None]:
     """``lm`` with the weights of its snapshot at ``step`` (itself when ``step`` is None, its
-    own step, or not a snapshot of its run)."""
+    own step, or not a snapshot of its run); a hub model with training checkpoints at that one."""
+    if step is not None and lm.kind == "pretrained":
+        return _at_revision(lm, int(step))
     if step is None or lm.path is None or step == lm.step:
         return lm, None
     steps = snapshot_steps(lm.path)
@@ -89,7 +142,10 @@ def at_step(lm: LoadedModel, step: int | None) -> tuple[LoadedModel, str | None]
 
 
 def step_options(lm: LoadedModel) -> list[int]:
-    """Steps one can travel to: the run's weight snapshots and its latest weights."""
+    """Steps one can travel to: the run's weight snapshots and its latest weights, or a hub
+    model's published training checkpoints."""
+    if lm.kind == "pretrained":
+        return [s for _, s in hub_revisions(lm)]
     steps = set(snapshot_steps(lm.path)) if lm.path is not None else set()
     if lm.step is not None:
         steps = {s for s in steps if s <= lm.step} | {lm.step}
@@ -163,48 +219,162 @@ def _forget_step() -> None:
 # -- the sidebar ------------------------------------------------------------------------------------
 
 
-def _pretrained_panel() -> None:
-    """Name/folder input and Load button, shown while "Pretrained…" is picked."""
-    st.text_input("Hugging Face name or local folder", key=state.PRETRAINED_NAME,
-                  help="'gpt2' (downloads ~550 MB once, needs `transformers`), or a folder with config.json, "
-                       "model.safetensors and tokenizer.json (e.g. written by save_pretrained; no download).")
+def _pick_changed() -> None:
+    """A curated model was picked: it goes into the name box (which "Load" reads)."""
+    pick = st.session_state.get(state.PRETRAINED_PICK)
+    if pick and pick != picker.OTHER:
+        st.session_state[state.PRETRAINED_NAME] = pick
+
+
+def _pick_label(name: str) -> str:
+    if name == picker.OTHER:
+        return "Another hub name or local folder…"
+    return catalog.catalog_entry(name).title
+
+
+def _model_card(name: str) -> bool:
+    """Size, layout and an estimate of the cost of ``name``, before anything is downloaded.
+    Returns whether the facts could be read."""
+    entry = catalog.catalog_entry(name)
+    if entry is not None:
+        st.caption(entry.blurb)
+    folder = picker.is_folder(name)
+    facts, problem = resources.model_facts(name, lm_hub.endpoint())
+    if facts is None:
+        st.caption(f"Size unknown: {problem}")
+        return False
+    c = picker.card(facts, resources.flops_per_s(), folder=folder)
+    st.caption(c.size)
+    st.caption(c.layout)
+    st.caption(c.cost)
+    if c.slow:
+        st.warning("Slow on a laptop CPU: loading takes minutes and each page seconds.", icon=":material/hourglass:")
+    return True
+
+
+def _load_now(name: str) -> None:
+    try:
+        resources.pretrained_model(name)
+    except ValueError as e:
+        state.put(state.PRETRAINED_ERROR, str(e))
+    else:
+        state.put(state.PRETRAINED_LOADED, name)
+        state.put(state.PRETRAINED_ERROR, None)
+        _forget_step()
+
+
+def _needs_transformers() -> str | None:
     if importlib.util.find_spec("transformers") is None:
         from lm_core.pretrained import TRANSFORMERS_PIN
 
-        st.caption(f"Loading from the Hugging Face hub needs `transformers`: `pip install {TRANSFORMERS_PIN}`. "
-                   f"A local folder works without it.")
-    if st.button("Load", key="pretrained_btn_load", icon=":material/download:"):
-        name = (state.get(state.PRETRAINED_NAME) or "").strip()
-        try:
-            resources.pretrained_model(name)
-        except ValueError as e:
-            state.put(state.PRETRAINED_ERROR, str(e))
+        return (f"loading from the Hugging Face hub needs the transformers package: pip install {TRANSFORMERS_PIN} "
+                f"(a local folder works without it)")
+    return None
+
+
+def _start_load(name: str) -> None:
+    """"Load": at once from a folder or the cache, else start the download in the background."""
+    if not name:
+        state.put(state.PRETRAINED_ERROR, "type a hub name such as 'gpt2' or a folder")
+        return
+    if picker.is_folder(name) or picker.cached(name) or name.startswith(("/", "./", "../", "~")):
+        _load_now(name)
+        return
+    why = _needs_transformers()
+    if why is None:
+        off = resources.hub_unavailable(lm_hub.endpoint())
+        if off is not None:
+            why = f"{name!r} is not in the local cache and {off}, so it cannot be downloaded now"
+    if why is not None:
+        state.put(state.PRETRAINED_ERROR, why)
+        return
+    job = resources.hub_jobs().download(name, None, state.session_token())
+    state.put(state.HUB_JOB, {"key": job.key, "then": "load", "name": name})
+    state.put(state.PRETRAINED_ERROR, None)
+
+
+def _after_cancel() -> None:
+    """This tab cancelled its download: a checkpoint download goes back to the final weights."""
+    st.session_state[state.PRETRAINED_NOTE] = "Download cancelled."
+    st.session_state[state.TIME_STEP] = None
+
+
+def _finish_hub_job() -> None:
+    """This session's download has ended: open what it was for, or say why not (at the start of
+    the sidebar, before the widgets it changes are drawn)."""
+    rec, view = take_finished(state.HUB_JOB)
+    if rec is None or view is None:
+        return
+    if view.status == DONE:
+        if rec.get("then") == "load":
+            state.set_model_choice(PRETRAINED_CHOICE)
+            _load_now(rec["name"])
+        return
+    st.session_state[state.TIME_STEP] = None  # a checkpoint that did not arrive: back to the final weights
+    if view.status == CANCELLED:
+        state.put(state.PRETRAINED_NOTE, "Download cancelled.")
+    else:
+        state.put(state.PRETRAINED_ERROR, view.error)
+
+
+def _pretrained_panel() -> None:
+    """The pretrained-model picker, shown while "Pretrained…" is picked: a curated list or any
+    name, what it costs before the download, the download's progress, and Load."""
+    st.selectbox("Pretrained model", [e.name for e in catalog.CATALOG] + [picker.OTHER], key=state.PRETRAINED_PICK,
+                 format_func=_pick_label, on_change=_pick_changed,
+                 help="Models that fit a laptop CPU; pick the last entry to type any hub name or a local folder.")
+    st.text_input("Hugging Face name or local folder", key=state.PRETRAINED_NAME,
+                  help="A hub name such as 'EleutherAI/pythia-70m' (downloads once into the Hugging Face cache, needs "
+                       "`transformers`), or a folder with config.json, model.safetensors and tokenizer.json "
+                       "(e.g. written by save_pretrained; no download).")
+    name = (state.get(state.PRETRAINED_NAME) or "").strip()
+    if name:
+        _model_card(name)
+    here = not name or picker.is_folder(name) or picker.cached(name)
+    if name and not picker.is_folder(name):
+        if here:
+            st.caption(":material/check_circle: In the local cache: opens without the network.")
         else:
-            state.put(state.PRETRAINED_LOADED, name)
-            state.put(state.PRETRAINED_ERROR, None)
-            _forget_step()
+            off = resources.hub_unavailable(lm_hub.endpoint())
+            if off is not None:
+                st.warning(f"{name} is not in the local cache and {off}, so it cannot be downloaded now.",
+                           icon=":material/cloud_off:")
+    rec = state.get(state.HUB_JOB)
+    downloading = bool(rec) and rec.get("then") == "load" and job_progress(state.HUB_JOB, "pretrained_btn_cancel",
+                                                                          on_cancel=_after_cancel)
+    if not downloading:
+        if st.button("Load" if here else "Download and load", key="pretrained_btn_load",
+                     icon=":material/download:"):
+            _start_load(name)
+            if state.get(state.HUB_JOB):
+                st.rerun()  # draw the progress bar
+    note = st.session_state.pop(state.PRETRAINED_NOTE, None)
+    if note:
+        st.info(note, icon=":material/info:")
     loaded = state.get(state.PRETRAINED_LOADED)
     if loaded:
         st.caption(f"Showing **{loaded}**.")
     problem = state.get(state.PRETRAINED_ERROR)
     if problem:
         st.error(f"Could not load the pretrained model: {problem}", icon=":material/error:")
-    elif not state.get(state.PRETRAINED_LOADED):
-        st.info("Type a name or a folder and press **Load**; until then the default model is shown.",
-                icon=":material/info:")
+    elif not loaded and not downloading:
+        st.info("Pick a model and press **Load**; until then the default model is shown.", icon=":material/info:")
 
 
 def _time_travel(lm: LoadedModel) -> None:
-    """The slider over the run's weight snapshots (only for runs that kept some)."""
+    """The slider over the run's weight snapshots, or a hub model's training checkpoints."""
     steps = step_options(lm)
     if len(steps) < 2:
         st.session_state[state.TIME_STEP] = None
         return
     if st.session_state.get(state.TIME_STEP) not in steps:
         st.session_state[state.TIME_STEP] = steps[-1]
-    st.select_slider("Weights at step", options=steps, key=state.TIME_STEP,
+    hub = lm.kind == "pretrained"
+    st.select_slider("Checkpoint at step" if hub else "Weights at step", options=steps, key=state.TIME_STEP,
                      format_func=lambda s: f"{s:,}" + (" (latest)" if s == steps[-1] else ""),
-                     help="Time travel: every page (Attention, Generate, Embeddings, Logit lens, Ablation, …) "
+                     help=("Time travel through the checkpoints its authors published during training (each is "
+                           "downloaded when first picked, then cached). " if hub else "Time travel: ")
+                          + "every page (Attention, Generate, Embeddings, Logit lens, Ablation, …) "
                           "shows the model as it was at this training step, on the same text and seed.")
 
 
@@ -224,6 +394,8 @@ def sidebar():
             choice = DEFAULT_CHOICE
         state.set_model_choice(choice)
 
+    _finish_hub_job()
+    choice = state.model_choice()
     with st.sidebar:
         st.markdown("### :material/neurology: LM Lens")
         st.selectbox("Model", options, key=state.MODEL_CHOICE, format_func=lambda o: labels.get(o, o),
@@ -256,8 +428,13 @@ def sidebar():
                     st.session_state[state.TIME_STEP] = None
                     st.rerun()
         _time_travel(base)
-        active_model()  # a snapshot that fails to load is said here, once
+        lm = active_model()  # a snapshot that fails to load is said here, once
+        if lm.kind == "pretrained" and lm.step is not None:
+            st.caption(f"Checkpoint of training step **{lm.step:,}**.")
         problem = st.session_state.pop(state.MODEL_PROBLEM, None)
+        rec = state.get(state.HUB_JOB)
+        if rec and (rec.get("then") == "step" or choice != PRETRAINED_CHOICE):
+            job_progress(state.HUB_JOB, "step_btn_cancel", on_cancel=_after_cancel)
         if problem:
             st.warning(problem, icon=":material/warning:")
         if broken:

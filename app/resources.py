@@ -14,14 +14,18 @@ import streamlit as st
 
 import lm_core
 from lm_core import corpora
+from lm_core import hub as lm_hub
 from lm_core import surprise as lm_surprise
+from lm_core.catalog import ModelFacts
 from lm_core.ngram import NGramModels
 from lm_core.surprise import SurpriseComparison
+from lm_core.timing import measure_matmul_flops
 
-from .core import circuits, estimates, lessons, predictions
+from .core import circuits, estimates, lessons, picker, predictions
 from .core import inspection as core_inspection  # the cached `inspection` below would shadow the name
 from .core.models import (LoadedModel, at_snapshot, default_model_dir, fallback_model, folder_stamp, from_run, runs_root,
                      load_folder, load_pretrained_model, load_run, snapshot_steps)
+from .core.hubjobs import HubJobs
 from .core.jobs import TrainingRegistry
 
 
@@ -69,11 +73,49 @@ def snapshot_model(path: str, step: int, stamp: float, _n_snapshots: int, _base:
     return at_snapshot(_base, run.load_snapshot(int(step)), int(step), stamp)
 
 
-@st.cache_resource(max_entries=2, show_spinner="Loading the pretrained model (the first download of GPT-2 is "
-                                                "about 550 MB)…")
-def pretrained_model(name: str) -> LoadedModel:
-    """GPT-2 or a local GPT-2-layout folder (``lm_core.load_pretrained``). Errors are not cached."""
-    return load_pretrained_model(name)
+@st.cache_resource(max_entries=3, show_spinner="Loading the pretrained model…")
+def pretrained_model(name: str, revision: str | None = None) -> LoadedModel:
+    """A pretrained model from the hub cache or a local folder (``lm_core.load_pretrained``),
+    at ``revision`` (a hub branch such as ``"step1000"``). Errors are not cached."""
+    return load_pretrained_model(name, revision)
+
+
+@st.cache_resource
+def hub_jobs() -> HubJobs:
+    """The server's hub downloads and checkpoint sweeps, shared by every session (each session
+    joins a job under its own id; see ``core/hubjobs.py``), with the head scores of each checkpoint."""
+    return HubJobs()
+
+
+@st.cache_resource
+def flops_per_s() -> float:
+    """This machine's float32 matmul speed, measured once: what cost estimates divide by."""
+    return measure_matmul_flops()
+
+
+@st.cache_data(max_entries=64, ttl=600, show_spinner="Reading the model's config.json…")
+def model_facts(name: str, endpoint: str) -> tuple[ModelFacts | None, str | None]:
+    """(facts, None) or (None, why not) for a picker name (``endpoint``: the hub asked, part of the key)."""
+    try:
+        return picker.model_facts(name), None
+    except ValueError as e:
+        return None, str(e)
+
+
+@st.cache_data(max_entries=8, ttl=15, show_spinner=False)
+def hub_unavailable(endpoint: str) -> str | None:
+    """Why the hub cannot be asked now (None when it can), re-checked every 15 s."""
+    return lm_hub.hub_unavailable()
+
+
+@st.cache_data(max_entries=32, ttl=600, show_spinner="Listing the model's training checkpoints…")
+def step_revisions(name: str, endpoint: str) -> tuple[tuple[str, int], ...]:
+    """The ``step<N>`` branches of a hub repo as (revision, step), in step order; none when it has
+    none or they cannot be listed (offline and nothing cached)."""
+    try:
+        return tuple((r.name, r.step) for r in lm_core.list_step_revisions(name))
+    except ValueError:
+        return ()
 
 
 @st.cache_resource

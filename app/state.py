@@ -28,6 +28,12 @@ TIME_STEP = "time_step"                # sidebar time travel: the weight snapsho
 PRETRAINED_NAME = "pretrained_name"    # sidebar: hub name or local folder typed for "pretrained"
 PRETRAINED_LOADED = "pretrained_loaded"  # the name that loaded successfully (what "pretrained" shows)
 PRETRAINED_ERROR = "pretrained_error"  # why the last Load failed (shown until the next try)
+PRETRAINED_PICK = "pretrained_pick"    # sidebar: a curated model (lm_core.catalog) or "other" (type a name)
+PRETRAINED_NOTE = "pretrained_note"    # a message about the last download (cancelled), shown once
+HUB_JOB = "_hub_job"                   # this session's hub download: {"key": job key, "then": what to do when done}
+REV_STEPS = "rev_steps"                # Train: the hub checkpoints (revision names) whose head scores to draw
+REV_JOB = "_rev_job"                   # this session's checkpoint sweep: {"key": job key}
+SESSION_TOKEN = "_session_token"       # this session's id in shared job registries (who waits for a download)
 
 FIGURES = "figures"                    # {chart key: FigureRecord} drawn by this run of the page (export)
 EXPORT_TEXT = "export_text"            # (text, ids, pieces) the page inspects: its cache goes in the bundle
@@ -78,6 +84,7 @@ CMP_HEAD = "cmp_head"
 CMP_POS = "cmp_pos"
 
 CIRCUIT_KIND = "circuit_kind"          # Train: which head score the Circuits panel shows
+REV_KIND = "rev_kind"                  # Train: which head score the hub checkpoints' Circuits panel shows
 
 MECH_TEXT = "mech_text"
 MECH_LAYER = "mech_layer"
@@ -147,6 +154,7 @@ WIDGET_DEFAULTS: dict[str, Any] = {
     TRAIN_LIVE_CHART: "circuits",
     TRAIN_MAX_MINUTES: 30,
     PRETRAINED_NAME: "gpt2",
+    PRETRAINED_PICK: "gpt2",
     LENS_TOPK: 5,
     LENS_LOG: False,
     ABL_HEADS: [],
@@ -155,6 +163,7 @@ WIDGET_DEFAULTS: dict[str, Any] = {
     CMP_LAYER: 0,
     CMP_HEAD: 0,
     CIRCUIT_KIND: "induction",
+    REV_KIND: "induction",
 }
 
 
@@ -162,7 +171,7 @@ WIDGET_DEFAULTS: dict[str, Any] = {
 PERSISTENT: tuple[str, ...] = tuple(WIDGET_DEFAULTS) + (
     TRAIN_SYNTH, TRAIN_PRESET, TRAIN_N_LAYER, TRAIN_N_HEAD, TRAIN_N_EMBD, TRAIN_BLOCK, TRAIN_BATCH,
     TRAIN_LR, TRAIN_STEPS, TRAIN_DROPOUT, TRAIN_PATIENCE, EMB_TOKEN, MECH_QUERY, GEN_SCRUB, GEN_BRANCH_PICK,
-    TIME_STEP, EMB_WORD, LENS_POS, ABL_POS, CMP_A, CMP_A_STEP, CMP_B, CMP_B_STEP, CMP_POS,
+    TIME_STEP, EMB_WORD, REV_STEPS, LENS_POS, ABL_POS, CMP_A, CMP_A_STEP, CMP_B, CMP_B_STEP, CMP_POS,
 )
 
 
@@ -194,6 +203,16 @@ def model_choice() -> str:
 
 def set_model_choice(choice: str) -> None:
     st.session_state[MODEL_CHOICE] = choice
+
+
+def session_token() -> str:
+    """This session's id in the shared job registries (made once per session)."""
+    token = st.session_state.get(SESSION_TOKEN)
+    if token is None:
+        import uuid
+
+        token = st.session_state[SESSION_TOKEN] = uuid.uuid4().hex
+    return token
 
 
 def live_pin(run_id: str) -> int | None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .pretrained import _hub_unreachable
 
-__all__ = ["DownloadCancelled", "DownloadPlan", "Progress", "cached_snapshot", "download", "fetch_config",
+__all__ = ["DownloadCancelled", "DownloadPlan", "Progress", "cached_snapshot", "download", "endpoint", "fetch_config",
            "files_to_fetch", "hub_unavailable", "plan"]
 
 _SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
@@ -95,6 +95,13 @@ def files_to_fetch(filenames: Iterable[str]) -> list[str]:
     elif {"vocab.json", "merges.txt"} <= names:
         out += ["vocab.json", "merges.txt"]
     return out
+
+
+def endpoint() -> str:
+    """The hub huggingface_hub asks now (``HF_ENDPOINT``), for keying what was learned from it."""
+    from huggingface_hub import constants
+
+    return f"{constants.ENDPOINT} {constants.HF_HUB_CACHE} offline={constants.HF_HUB_OFFLINE}"
 
 
 def hub_unavailable() -> str | None:

@@ -44,7 +44,7 @@ class LoadedModel:
 
     key: str                    # changes whenever the weights change: the cache key
     label: str                  # what the sidebar shows
-    kind: str                   # "default", "run" or "live"
+    kind: str                   # "default", "run", "live" or "pretrained"
     model: lm_core.GPT
     tokenizer: Any
     history: pd.DataFrame | None = None
@@ -162,19 +162,22 @@ def load_folder(path: Path, kind: str, label: str | None = None) -> LoadedModel:
     return from_run(load_run(path), kind, label)
 
 
-def load_pretrained_model(name: str) -> LoadedModel:
-    """GPT-2 (or another GPT-2-layout model) from the hub or a local folder, via
-    ``lm_core.load_pretrained``. Raises ``ValueError`` saying what to do (transformers missing,
-    offline, no tokenizer in the folder)."""
+def load_pretrained_model(name: str, revision: str | None = None) -> LoadedModel:
+    """A pretrained model from the hub (cache first) or a local folder, via
+    ``lm_core.load_pretrained``; ``revision`` a hub branch such as Pythia's ``"step1000"``. Raises
+    ``ValueError`` saying what to do (transformers missing, offline, no tokenizer in the folder)."""
     name = (name or "").strip()
-    model, tok = lm_core.load_pretrained(name)
+    model, tok = lm_core.load_pretrained(name, revision=revision)
     if tok is None:
         raise ValueError(f"{name!r} has no tokenizer (tokenizer.json, or vocab.json + merges.txt) next to the "
                          f"weights; put the tokenizer files in the folder and press Load again.")
     model.eval()
     short = Path(name).name if Path(name).expanduser().is_dir() else name
-    return LoadedModel(key=f"pretrained:{name}", label=f"{short} (pretrained)", kind="pretrained",
-                       model=model, tokenizer=tok, history=None, family=f"pretrained:{name}")
+    step = int(revision[4:]) if revision and revision.startswith("step") and revision[4:].isdigit() else None
+    at = f" @ step {step:,}" if step is not None else (f" @ {revision}" if revision else "")
+    return LoadedModel(key=f"pretrained:{name}" + (f"@{revision}" if revision else ""),
+                       label=f"{short} (pretrained){at}", kind="pretrained", model=model, tokenizer=tok,
+                       history=None, family=f"pretrained:{name}", step=step)
 
 
 def corpus_spec(lm: LoadedModel) -> str | None:

@@ -22,6 +22,7 @@ from app.core.models import runs_root
 from app.core.jobs import ACTIVE, AlreadyTraining, NotYours, TrainingJob
 from app.widgets import ui
 from app.widgets.history import LIVE_CHARTS, LIVE_NOTE, history_charts, history_metrics, history_view, saved_baselines
+from app.widgets.hub import hub_checkpoints_section
 
 # While a run is active the page redraws itself: every redraw costs the CPU the run trains on, in
 # the server and, most, in the browser (a Plotly chart redraw takes Chromium 0.1–0.6 s of CPU even
@@ -539,3 +540,5 @@ else:
     else:
         st.info("No run yet. Press **Start training**; the charts appear here and update by themselves.",
                 icon=":material/lightbulb:")
+hub_checkpoints_section()  # a hub model's published checkpoints (Pythia): its circuits forming
+

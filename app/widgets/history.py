@@ -59,9 +59,10 @@ def head_score_history(recorded, run_dir) -> tuple[pd.DataFrame, str]:
 
 
 def circuits_view(scores: pd.DataFrame, source: str, bump, name: str, key_prefix: str, live: bool,
-                  lines: bool = True) -> None:
+                  lines: bool = True, kind_key: str = state.CIRCUIT_KIND) -> None:
     """Head scores of every head over the steps: which circuits formed, and when (``lines``: also
-    the one-line-per-head chart beside the heatmap)."""
+    the one-line-per-head chart beside the heatmap; ``kind_key``: the session key of its metric
+    radio, one per panel on a page)."""
     st.markdown("#### :material/hub: Circuits")
     if not len(scores):
         if live:
@@ -75,9 +76,9 @@ def circuits_view(scores: pd.DataFrame, source: str, bump, name: str, key_prefix
     if not kinds:
         st.caption("This run recorded head scores of kinds this version does not know, so there is nothing to show.")
         return
-    if st.session_state.get(state.CIRCUIT_KIND) not in kinds:
-        st.session_state[state.CIRCUIT_KIND] = kinds[0]
-    kind = st.radio("Head score", kinds, key=state.CIRCUIT_KIND, horizontal=True,
+    if st.session_state.get(kind_key) not in kinds:
+        st.session_state[kind_key] = kinds[0]
+    kind = st.radio("Head score", kinds, key=kind_key, horizontal=True,
                     format_func=lambda k: metrics.head_metric(k).label, help=ui.metric_help(kinds))
     metric = metrics.head_metric(kind)
     z, steps, heads = circuits.matrix(scores, kind)

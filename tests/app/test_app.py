@@ -25,6 +25,7 @@ from lm_core.tokenizers import CharTokenizer
 from lm_core.train import Trainer
 
 from app.pages import PAGES as PAGE_SPECS
+from fakehub import closed_port, point_hub_at
 from support import make_tiny_run  # noqa: F401  (the shared tiny run; tests/conftest.py has the fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +42,7 @@ def env(monkeypatch, tmp_path, default_model_dir):
     monkeypatch.setenv("LM_LENS_DEFAULT_MODEL", str(default_model_dir))
     monkeypatch.setenv("LM_LENS_RUNS_DIR", str(runs))
     monkeypatch.setenv("LM_LENS_CACHE", str(tmp_path / "cache"))
+    point_hub_at(monkeypatch, tmp_path, f"http://127.0.0.1:{closed_port()}")  # no test reaches the real hub
     yield runs
     from app import resources
 
