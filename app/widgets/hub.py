@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from lm_core import hub as lm_hub
+
 from .. import resources, state
 from ..core import hubjobs
 from ..core.hubjobs import RUNNING
@@ -93,7 +95,9 @@ def checkpoints_panel(name: str, revisions: list[tuple[str, int]], key_prefix: s
         st.error(f"Scoring the checkpoints stopped: {view.error}", icon=":material/error:")
     running = job_progress(state.REV_JOB, f"{key_prefix}_btn_cancel")
     if not running and missing:
-        st.caption(f"{len(missing)} checkpoint(s) to score, {len(uncached)} of them to download first.")
+        facts, _ = resources.model_facts(name, lm_hub.endpoint())
+        each = f" (about {facts.download_bytes / 2**20:,.0f} MB each)" if facts is not None and uncached else ""
+        st.caption(f"{len(missing)} checkpoint(s) to score, {len(uncached)} of them to download first{each}.")
         if st.button(f"Score {len(missing)} checkpoint(s)", key=f"{key_prefix}_btn_sweep", icon=":material/play_arrow:"):
             job = jobs.sweep(name, missing, state.session_token())
             st.session_state[state.REV_JOB] = {"key": job.key}
