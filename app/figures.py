@@ -689,34 +689,51 @@ def step_axis(steps: Sequence[int], marks: Sequence[int] = ()) -> dict:
     return axis
 
 
+def log_step_axis(steps: Sequence[int]) -> dict:
+    """A logarithmic training-step axis for steps spread over decades (Pythia's checkpoints: 0, 1,
+    2, 4 … 143,000): the data sit at step + 1, so step 0 has a place, and the ticks read the steps."""
+    s = np.unique(np.asarray(list(steps), dtype=np.int64))
+    if len(s) > 12:
+        s = s[np.unique(np.linspace(0, len(s) - 1, 12).round().astype(int))]
+    return dict(type="log", tickmode="array", tickvals=[float(v + 1) for v in s], ticktext=[f"{int(v):,}" for v in s])
+
+
 def head_scores_over_time(z, steps: Sequence[int], heads: Sequence[tuple[int, int]], metric: str,
-                          zrange: tuple[float, float] | None = (0.0, 1.0), marks: Sequence[int] = ()) -> go.Figure:
+                          zrange: tuple[float, float] | None = (0.0, 1.0), marks: Sequence[int] = (),
+                          log_steps: bool = False) -> go.Figure:
     """A head score of every head over training: ``z [L*H, S]``, rows "L<layer> H<head>" (layer by
     layer, top to bottom), columns the recorded steps on a numeric step axis, colour the score.
-    ``marks`` are steps outlined by a dashed line (e.g. where an induction head formed)."""
+    ``marks`` are steps outlined by a dashed line (e.g. where an induction head formed).
+    ``log_steps``: a logarithmic axis, where x is step + 1 (see :func:`log_step_axis`)."""
     z = as_f32(z)
     rows = _head_rows(heads)
     if z.shape != (len(rows), len(steps)):
         raise ValueError(f"z has shape {z.shape}, expected {len(rows)} heads × {len(steps)} steps")
     lo, hi = zrange if zrange is not None else (None, None)
+    shift = 1.0 if log_steps else 0.0
     fig = go.Figure(go.Heatmap(
-        z=z, x=np.asarray(steps, dtype=np.float64), y=rows, colorscale=colorscale("score"), zmin=lo, zmax=hi,
-        colorbar=dict(title=dict(text=metric), thickness=12),
-        hovertemplate="%{y}<br>step %{x:,d}<br>" + metric + " %{z:.3f}<extra></extra>",
+        z=z, x=np.asarray(steps, dtype=np.float64) + shift, y=rows, colorscale=colorscale("score"), zmin=lo,
+        zmax=hi, colorbar=dict(title=dict(text=metric), thickness=12),
+        customdata=np.broadcast_to(np.asarray(steps, dtype=np.float64), z.shape),
+        hovertemplate="%{y}<br>step %{customdata:,d}<br>" + metric + " %{z:.3f}<extra></extra>",
     ))
     for m in marks:
-        fig.add_vline(x=float(m), line=dict(color=ACCENT, dash="dash", width=1.5))
+        fig.add_vline(x=float(m) + shift, line=dict(color=ACCENT, dash="dash", width=1.5))
     _layout(fig, f"{metric.capitalize()} score of every head over training", height=max(240, 16 * len(rows) + 120))
-    fig.update_xaxes(title_text="step", **step_axis(steps, marks))
+    fig.update_xaxes(title_text="step (log scale)" if log_steps else "step",
+                     **(log_step_axis(steps) if log_steps else step_axis(steps, marks)))
     fig.update_yaxes(title_text="layer · head", type="category", autorange="reversed", automargin=True)
     return fig
 
 
 def head_score_lines(z, steps: Sequence[int], heads: Sequence[tuple[int, int]], metric: str,
-                     highlight: tuple[int, int] | None = None, marks: Sequence[int] = ()) -> go.Figure:
-    """The same scores as lines, one per head, coloured by layer; ``highlight`` is drawn thick."""
+                     highlight: tuple[int, int] | None = None, marks: Sequence[int] = (),
+                     log_steps: bool = False) -> go.Figure:
+    """The same scores as lines, one per head, coloured by layer; ``highlight`` is drawn thick.
+    ``log_steps``: a logarithmic axis, where x is step + 1 (see :func:`log_step_axis`)."""
     z = as_f32(z)
-    x = np.asarray(steps, dtype=np.float64)
+    shift = 1.0 if log_steps else 0.0
+    x = np.asarray(steps, dtype=np.float64) + shift
     fig = go.Figure()
     for i, (l, h) in enumerate(heads):
         hl = highlight == (l, h)
@@ -724,13 +741,15 @@ def head_score_lines(z, steps: Sequence[int], heads: Sequence[tuple[int, int]], 
             x=x, y=z[i], mode="lines+markers", name=f"L{l} H{h}", legendgroup=f"layer {l}",
             line=dict(color=GROUP_COLOURS[l % len(GROUP_COLOURS)], width=3.2 if hl else 1.2),
             marker=dict(size=5 if hl else 3), opacity=1.0 if hl or highlight is None else 0.55,
-            hovertemplate=f"L{l} H{h}<br>step %{{x:,d}}<br>{metric} %{{y:.3f}}<extra></extra>",
+            customdata=np.asarray(steps, dtype=np.float64),
+            hovertemplate=f"L{l} H{h}<br>step %{{customdata:,d}}<br>{metric} %{{y:.3f}}<extra></extra>",
         ))
     for m in marks:
-        fig.add_vline(x=float(m), line=dict(color=ACCENT, dash="dash", width=1.5))
+        fig.add_vline(x=float(m) + shift, line=dict(color=ACCENT, dash="dash", width=1.5))
     _layout(fig, f"{metric.capitalize()} score per head", height=340,
             legend=dict(font=dict(size=10), tracegroupgap=2))
-    fig.update_xaxes(title_text="step", **step_axis(steps, marks))
+    fig.update_xaxes(title_text="step (log scale)" if log_steps else "step",
+                     **(log_step_axis(steps) if log_steps else step_axis(steps, marks)))
     fig.update_yaxes(title_text=metric)
     return fig
 

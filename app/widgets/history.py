@@ -59,10 +59,10 @@ def head_score_history(recorded, run_dir) -> tuple[pd.DataFrame, str]:
 
 
 def circuits_view(scores: pd.DataFrame, source: str, bump, name: str, key_prefix: str, live: bool,
-                  lines: bool = True, kind_key: str = state.CIRCUIT_KIND) -> None:
+                  lines: bool = True, kind_key: str = state.CIRCUIT_KIND, log_steps: bool = False) -> None:
     """Head scores of every head over the steps: which circuits formed, and when (``lines``: also
     the one-line-per-head chart beside the heatmap; ``kind_key``: the session key of its metric
-    radio, one per panel on a page)."""
+    radio, one per panel on a page; ``log_steps``: a logarithmic step axis)."""
     st.markdown("#### :material/hub: Circuits")
     if not len(scores):
         if live:
@@ -91,7 +91,7 @@ def circuits_view(scores: pd.DataFrame, source: str, bump, name: str, key_prefix
     c1, c2 = st.columns([3, 2]) if lines else (st.container(), None)
     with c1:
         ui.chart(figures.head_scores_over_time(z, steps, heads, label, zrange=metric.value_range,
-                                               marks=marks),
+                                               marks=marks, log_steps=log_steps),
                  key=f"{key_prefix}_circuits_heat", name=f"circuits-{kind}-{name}",
                  caption=f"Every head (rows: layer · head) at each measured step (columns), coloured by its {label} "
                          f"score on a fixed probe of random tokens repeated twice ({source}). A row that lights up is "
@@ -100,7 +100,7 @@ def circuits_view(scores: pd.DataFrame, source: str, bump, name: str, key_prefix
         ui.csv_download(scores, f"head-scores-{name}", key=f"{key_prefix}_circuits_csv", label="Head scores CSV")
         return
     with c2:
-        ui.chart(figures.head_score_lines(z, steps, heads, label, highlight=focus, marks=marks),
+        ui.chart(figures.head_score_lines(z, steps, heads, label, highlight=focus, marks=marks, log_steps=log_steps),
                  key=f"{key_prefix}_circuits_lines", name=f"circuits-{kind}-lines-{name}",
                  caption=f"The same, one line per head (colour = layer); L{focus[0]} H{focus[1]} is drawn thick. "
                          + circuits.RULE_TEXT)

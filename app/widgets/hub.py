@@ -111,7 +111,8 @@ def checkpoints_panel(name: str, revisions: list[tuple[str, int]], key_prefix: s
 
     done = sorted({int(s) for s in frame["step"]})
     circuits_view(frame, f"{len(done)} checkpoints of {name} from the hub", circuits.induction_bump(frame),
-                  name.replace("/", "-"), key_prefix, live=False, kind_key=state.REV_KIND)
+                  name.replace("/", "-"), key_prefix, live=False, kind_key=state.REV_KIND,
+                  log_steps=True)  # checkpoints spread over decades of steps
 
 
 def hub_checkpoints_section() -> None:

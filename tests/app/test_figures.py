@@ -395,3 +395,17 @@ def test_attention_difference_is_b_minus_a_with_the_future_blank():
     np.testing.assert_allclose(np.nansum(z, axis=1), 0.0, atol=1e-5)  # rows of two distributions
     with pytest.raises(ValueError):
         F.attention_difference(a, b[:4, :4], F.token_labels(list("hello")), "x")
+
+
+def test_head_scores_on_a_log_step_axis_keep_step_zero_and_read_the_steps():
+    steps = [0, 1, 8, 1000, 143000]
+    z = np.arange(2 * 5, dtype=np.float32).reshape(2, 5) / 10
+    heat = F.head_scores_over_time(z, steps, [(0, 0), (0, 1)], "induction", marks=[1000], log_steps=True)
+    assert heat.layout.xaxis.type == "log" and list(heat.layout.xaxis.ticktext) == ["0", "1", "8", "1,000", "143,000"]
+    assert list(heat.data[0].x) == [1, 2, 9, 1001, 143001] and heat.layout.shapes[0].x0 == 1001
+    assert np.asarray(heat.data[0].customdata)[0].tolist() == steps  # the hover reads the real step
+    lines = F.head_score_lines(z, steps, [(0, 0), (0, 1)], "induction", log_steps=True)
+    assert lines.layout.xaxis.type == "log" and list(lines.data[1].x) == [1, 2, 9, 1001, 143001]
+    assert F.head_scores_over_time(z, steps, [(0, 0), (0, 1)], "induction").layout.xaxis.type == "linear"
+    many = F.log_step_axis(list(range(0, 40)))
+    assert len(many["tickvals"]) <= 12 and many["ticktext"][0] == "0" and many["ticktext"][-1] == "39"
