@@ -35,6 +35,7 @@ def test_download_progress_cancel_and_open_in_chromium(tmp_path, default_model_d
                "https_proxy": "", "http_proxy": "", "ALL_PROXY": "", "all_proxy": "",
                "LM_LENS_SERVER_LOG": str(tmp_path / "server.log")}
         with streamlit_server(env) as url, browser_page() as page:
+            page.set_default_timeout(90_000)  # a loaded 2-core machine renders the first page slowly
             page.goto(url)
             wait_idle(page)
             side = page.locator('[data-testid="stSidebar"]')
