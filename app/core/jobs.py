@@ -115,6 +115,20 @@ class TrainingJob:
     launched: float = field(default_factory=time.time)
     _files: dict[str, _FileCache] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _watchers: dict[str, float] = field(default_factory=dict, repr=False)
+
+    # -- who is watching --------------------------------------------------------------------
+
+    def watched_by(self, session: str, window_s: float, now: float | None = None) -> int:
+        """Note that ``session`` (a browser tab) shows this run's live view now; return how many
+        tabs did within the last ``window_s`` seconds (this one included). The tabs share one
+        refresh budget: every redraw a browser makes takes CPU from the run on a small machine."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._watchers[session] = now
+            for k in [k for k, t in self._watchers.items() if now - t > window_s]:
+                del self._watchers[k]
+            return len(self._watchers)
 
     # -- the process ------------------------------------------------------------------------
 

@@ -29,6 +29,12 @@ from app.widgets.hub import hub_checkpoints_section
 # when its figure did not change). Measured with bench/bench_live.py --only watch.
 POLL_S = 2.0                # progress and the latest numbers: a few small elements
 CHARTS_S = 10.0             # the loss and the one chart picked to watch live (history.LIVE_CHARTS)
+MAX_SHARE = 4               # tabs watching one run share one refresh budget, up to this many
+WATCH_WINDOW_S = 2.5 * POLL_S * MAX_SHARE  # a tab that has not polled for this long has gone
+# No transitions in the live view: an animated progress bar or fade is drawn frame by frame, in
+# software on a machine without a GPU, while the run wants the CPU.
+NO_TRANSITIONS = ("<style>[data-testid=stProgress] *, [data-testid=stElementContainer] "
+                  "{transition: none !important; animation: none !important}</style>")
 PREVIEW_CHARS = 600
 SOURCES = ["Built-in", "Tiny Shakespeare", "Upload a .txt", "Paste text", "Synthetic task"]
 DEFAULT_PRESET = "default"
@@ -463,12 +469,19 @@ def _wait_for_status(job: TrainingJob, wanted: tuple[str, ...], timeout: float =
 # -- 5. live view ---------------------------------------------------------------------------------
 
 
+def _sharing() -> int:
+    """How many tabs share the live view's refresh budget (this one included, at most MAX_SHARE)."""
+    return min(MAX_SHARE, job.watched_by(ui.session_id(), WATCH_WINDOW_S))
+
+
 def live_view() -> None:
     """Progress and the latest numbers. Reruns on its own every POLL_S seconds while a run is
     active (a fragment: nothing else on the page is redrawn)."""
     snap = job.poll()
     if snap.status != st.session_state.get(state.TRAIN_PAGE_STATUS):
         st.rerun()  # started, paused, stopping or ended: redraw the whole page (buttons, sidebar) once
+    if snap.status in ACTIVE and _sharing() != st.session_state.get(state.TRAIN_WATCHERS):
+        st.rerun()  # a tab opened or closed on this run: the page sets its refresh intervals again
     tc = job.train_config
     m = snap.metrics
     step = snap.step
@@ -497,8 +510,11 @@ def live_charts() -> None:
                               "step": snap.step}, snap.history, job.run_id)
     only = None
     if snap.status in ACTIVE and snap.status != "paused":
-        st.caption(f"Charts as of step {snap.step:,}; they refresh every {CHARTS_S:.0f} s while the run trains "
-                   f"(the numbers above, every {POLL_S:.0f} s). {LIVE_NOTE}")
+        share = st.session_state.get(state.TRAIN_WATCHERS) or 1
+        tabs = (f" {share} tabs watch this run and share one refresh budget, so each refreshes "
+                f"{share}× less often." if share > 1 else "")
+        st.caption(f"Charts as of step {snap.step:,}; they refresh every {CHARTS_S * share:.0f} s while the run "
+                   f"trains (the numbers above, every {POLL_S * share:.0f} s). {LIVE_NOTE}{tabs}")
         only = st.segmented_control("Watch live", list(LIVE_CHARTS), key=state.TRAIN_LIVE_CHART,
                                     format_func=LIVE_CHARTS.get, required=True)
     baselines = job.baselines()
@@ -524,8 +540,12 @@ controls(mc, train_over)
 st.divider()
 if job is not None:
     st.subheader("Live view" if active else f"Last run: {job.run_id}")
-    st.fragment(run_every=POLL_S if active else None)(live_view)()
-    st.fragment(run_every=CHARTS_S if active else None)(live_charts)()
+    share = 1
+    if active:
+        st.html(NO_TRANSITIONS)
+        share = st.session_state[state.TRAIN_WATCHERS] = _sharing()
+    st.fragment(run_every=POLL_S * share if active else None)(live_view)()
+    st.fragment(run_every=CHARTS_S * share if active else None)(live_charts)()
 else:
     lm = active_model()
     if lm.history is not None and len(lm.history):

@@ -71,6 +71,14 @@ def chart(fig: go.Figure, key: str, caption: str, name: str | None = None,
     return event
 
 
+def session_id() -> str:
+    """This tab's Streamlit session (every tab and every refresh is a session of its own)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "local"
+
+
 def browser_id() -> str:
     """Who is asking, as stable as the browser: a refresh or a second tab is the same person.
 

@@ -253,7 +253,7 @@ def _wait_for(pred, timeout=30.0):
     return False
 
 
-def test_start_pause_resume_stop_changes_state(env):
+def test_start_pause_resume_stop_changes_state(env, monkeypatch):
     from app import resources
 
     at = app()
@@ -285,10 +285,21 @@ def test_start_pause_resume_stop_changes_state(env):
     assert job.status == "running"
 
     # a second tab (a new session) reattaches to the same run instead of starting one
+    # (AppTest gives every session the same id; the session's own state tells two apart here)
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    from app.widgets import ui as ui_mod
+
+    monkeypatch.setattr(ui_mod, "session_id", lambda: str(id(get_script_run_ctx().session_state)))
+    at.run()
     other = app()
     other.switch_page("views/train.py").run()
     assert other.button(key="train_btn_start").disabled
     assert any(job.run_id in i.value for i in other.info)
+    # two tabs on the live view share one refresh budget: each redraws half as often
+    shared = [c.value for c in other.caption if "tabs watch this run" in c.value]
+    assert shared and other.session_state["train_watchers"] >= 2
+    assert f"they refresh every {10 * other.session_state['train_watchers']} s" in shared[0]
 
     # the run being trained can be inspected from any page
     at.sidebar.selectbox(key="model_choice").set_value(f"live:{job.run_id}").run()

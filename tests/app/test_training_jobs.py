@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import lm_core
+
 from app.core.jobs import (ACTIVE, AlreadyTraining, NotYours, TrainingJob, TrainingRegistry, training_threads)
 from lm_core.recipes import build_trainer
 
@@ -119,3 +121,24 @@ def test_training_threads_are_every_core_unless_told(monkeypatch):
     monkeypatch.setenv("LM_LENS_TRAIN_THREADS", "zero")
     with pytest.raises(ValueError, match="whole number"):
         training_threads()
+
+
+def test_tabs_watching_a_run_are_counted_and_a_closed_one_expires(tmp_path):
+    """The live view's refresh budget is shared by the tabs watching: each tab reports itself at
+    every poll; one that stops polling drops out after the window."""
+    import threading
+
+    job = TrainingJob(run_id="r", run_dir=tmp_path, tokenizer=None, corpus_name="c",
+                      model_config=lm_core.ModelConfig(), train_config=lm_core.TrainConfig())
+    assert job.watched_by("tab-a", window_s=10, now=100.0) == 1
+    assert job.watched_by("tab-a", window_s=10, now=101.0) == 1  # the same tab again
+    assert job.watched_by("tab-b", window_s=10, now=102.0) == 2
+    assert job.watched_by("tab-a", window_s=10, now=109.0) == 2
+    assert job.watched_by("tab-a", window_s=10, now=113.0) == 1  # b last polled at 102: gone
+    # many tabs at once (one server thread each): every one counted, none lost
+    counts = []
+    threads = [threading.Thread(target=lambda i=i: counts.append(job.watched_by(f"t{i}", window_s=1e9)))
+               for i in range(16)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert max(counts) == 17 and job.watched_by("tab-a", window_s=1e9) == 17
