@@ -109,6 +109,8 @@ TRAIN_DROPOUT = "train_dropout"
 TRAIN_MAX_MINUTES = "train_max_minutes"
 TRAIN_PATIENCE = "train_patience"      # early stopping: evaluations without a better val loss (0 = off)
 TRAIN_LOG_Y = "train_log_y"
+GEN_BIGRAM_OPEN = "gen_bigram_open"    # Generate: whether the bigram comparison is open (closed: not computed)
+GEN_TAB = "gen_tab"                    # Generate: the open tab below (only it is drawn)
 TRAIN_WATCHERS = "train_watchers"      # how many tabs shared the live view's refresh budget at the last full run
 TRAIN_LIVE_CHART = "train_live_chart"  # the chart redrawn live beside the loss while a run trains
 TRAIN_ESTIMATE = "train_estimate"      # (settings key, seconds per step)

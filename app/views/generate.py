@@ -233,42 +233,49 @@ def bigram_beside() -> None:
                     key="gen_bigram_csv", label="Bigram vs. transformer CSV")
 
 
-with st.expander("What does looking further back buy? The bigram Markov chain beside the transformer",
-                 expanded=True):
-    bigram_beside()
+bigram_box = st.expander("What does looking further back buy? The bigram Markov chain beside the transformer",
+                         expanded=True, key=state.GEN_BIGRAM_OPEN, on_change="rerun")
+if bigram_box.open:  # closed, it costs nothing
+    with bigram_box:
+        bigram_beside()
 
 st.divider()
-h1, h2, _ = st.columns([1, 1, 4])
-if st.session_state.get(state.GEN_LAYER, 0) >= cfg.n_layer:
-    st.session_state[state.GEN_LAYER] = 0
-if st.session_state.get(state.GEN_HEAD, 0) >= cfg.n_head:
-    st.session_state[state.GEN_HEAD] = 0
-g_layer = h1.selectbox("Layer", list(range(cfg.n_layer)), key=state.GEN_LAYER)
-g_head = h2.selectbox("Head", list(range(cfg.n_head)), key=state.GEN_HEAD)
-shown = trace.steps[:at]
-last_pos = shown[-1].position
-pos_labels = figures.token_labels(pieces_of(ids_all[:last_pos]))
-step_labels = [f"step {i + 1}: {figures.visible(pieces_of([s.token_id])[0])}" for i, s in enumerate(shown)]
-g1, g2 = st.columns([3, 2])
-with g1:
-    ui.chart(figures.growing_attention([s.attention[g_layer, g_head] for s in shown],
-                                       [s.context_start for s in shown], pos_labels, step_labels,
-                                       f"Layer {g_layer}, head {g_head}"),
-             key="gen_growing", name=f"generation-L{g_layer}-H{g_head}",
-             caption="One row per generated step, up to the chosen step: where this head looked when the model "
-                     "produced that token. Columns are positions in the whole text; blank cells were not "
-                     "visible at that step (the future, or cut off by the context window).")
-with g2:
-    all_steps = trace.steps
-    ui.chart(figures.prob_entropy_chart(
-        [f"{i + 1}·{figures.visible(pieces_of([s.token_id])[0])}" for i, s in enumerate(all_steps)],
-        [s.prob for s in all_steps], [s.entropy_bits for s in all_steps], current=at - 1),
-        key="gen_conf", name="generation-confidence",
-        caption="Blue: the model's probability of the token it drew (temperature 1). Orange: the entropy of "
-                "its distribution in bits (0 = certain; high = many options). The shaded line is the chosen step.")
-    steps_df = pd.DataFrame({
-        "step": np.arange(1, len(all_steps) + 1), "token_id": [s.token_id for s in all_steps],
-        "piece": [pieces_of([s.token_id])[0] for s in all_steps], "p_model": [s.prob for s in all_steps],
-        "entropy_bits": [s.entropy_bits for s in all_steps], "branched": [s.branched for s in all_steps],
-    })
-    ui.csv_download(steps_df, "generation-steps", key="gen_steps_csv", label="Steps CSV")
+# Only the open tab is computed and drawn (lazy tabs): each chart a Next token redraws costs the
+# browser CPU, and six people pressing it at once on one small server share that CPU.
+tab_head, tab_conf = st.tabs(["Where one head looked, step by step", "Confidence at every step"],
+                             key=state.GEN_TAB, on_change="rerun")
+if tab_head.open:
+    with tab_head:
+        h1, h2, _ = st.columns([1, 1, 4])
+        if st.session_state.get(state.GEN_LAYER, 0) >= cfg.n_layer:
+            st.session_state[state.GEN_LAYER] = 0
+        if st.session_state.get(state.GEN_HEAD, 0) >= cfg.n_head:
+            st.session_state[state.GEN_HEAD] = 0
+        g_layer = h1.selectbox("Layer", list(range(cfg.n_layer)), key=state.GEN_LAYER)
+        g_head = h2.selectbox("Head", list(range(cfg.n_head)), key=state.GEN_HEAD)
+        shown = trace.steps[:at]
+        last_pos = shown[-1].position
+        pos_labels = figures.token_labels(pieces_of(ids_all[:last_pos]))
+        step_labels = [f"step {i + 1}: {figures.visible(pieces_of([s.token_id])[0])}" for i, s in enumerate(shown)]
+        ui.chart(figures.growing_attention([s.attention[g_layer, g_head] for s in shown],
+                                           [s.context_start for s in shown], pos_labels, step_labels,
+                                           f"Layer {g_layer}, head {g_head}"),
+                 key="gen_growing", name=f"generation-L{g_layer}-H{g_head}",
+                 caption="One row per generated step, up to the chosen step: where this head looked when the model "
+                         "produced that token. Columns are positions in the whole text; blank cells were not "
+                         "visible at that step (the future, or cut off by the context window).")
+all_steps = trace.steps
+if tab_conf.open:
+    with tab_conf:
+        ui.chart(figures.prob_entropy_chart(
+            [f"{i + 1}·{figures.visible(pieces_of([s.token_id])[0])}" for i, s in enumerate(all_steps)],
+            [s.prob for s in all_steps], [s.entropy_bits for s in all_steps], current=at - 1),
+            key="gen_conf", name="generation-confidence",
+            caption="Blue: the model's probability of the token it drew (temperature 1). Orange: the entropy of "
+                    "its distribution in bits (0 = certain; high = many options). The shaded line is the chosen step.")
+steps_df = pd.DataFrame({
+    "step": np.arange(1, len(all_steps) + 1), "token_id": [s.token_id for s in all_steps],
+    "piece": [pieces_of([s.token_id])[0] for s in all_steps], "p_model": [s.prob for s in all_steps],
+    "entropy_bits": [s.entropy_bits for s in all_steps], "branched": [s.branched for s in all_steps],
+})
+ui.csv_download(steps_df, "generation-steps", key="gen_steps_csv", label="Steps CSV")

@@ -160,8 +160,15 @@ def test_next_token_adds_one_step_each_press(env):
         no_problem(at)
         assert len(at.session_state["gen_trace"].steps) == n
     c = charts(at)
-    assert {"gen_candidates", "gen_attn_row", "gen_growing", "gen_conf"} <= set(c)
+    assert {"gen_candidates", "gen_attn_row", "gen_growing"} <= set(c)
     assert len(c["gen_growing"]["data"][0]["y"]) == 3  # one row per step
+    assert "gen_conf" not in c  # a closed tab is not drawn
+    at.session_state["gen_tab"] = "Confidence at every step"
+    at.run()
+    no_problem(at)
+    c = charts(at)
+    assert "gen_conf" in c and "gen_growing" not in c
+    assert len(c["gen_conf"]["data"][0]["x"]) == 3
 
 
 def test_generate_is_reproducible_and_equals_next_token_presses(env):
