@@ -18,11 +18,12 @@ if str(_ROOT) not in sys.path:
 import streamlit as st  # noqa: E402
 
 from app import active, pages, state  # noqa: E402
-from lm_core.runtime import freeze_startup_objects, set_serving_threads, tune_allocator  # noqa: E402
+from lm_core.runtime import freeze_startup_objects, set_serving_threads, tune_allocator, warm_imports  # noqa: E402
 
 tune_allocator()  # keep freed activation memory: full captures ~1.2x a plain forward instead of ~1.6x
 set_serving_threads()  # one torch thread per request: sessions share the cores (lm_core.runtime)
 freeze_startup_objects()  # the modules loaded so far are never garbage: full collections skip them
+warm_imports()  # what the first Start would import while someone waits (torch._dynamo, ~2 s)
 
 st.set_page_config(page_title="LM Lens", page_icon=":material/neurology:", layout="wide",
                    initial_sidebar_state="expanded")

@@ -15,8 +15,9 @@ this one run, on this machine.
   ``config.json``), so both train the same thing. Also: the time a second tab takes to show the
   live run, and the ETA the page showed a third of the way in against the time the run then took.
 * ``buttons``: round trips while a run trains, click → the page shows the new state: ``Pause``
-  (shows "paused"), ``Resume`` ("running"), ``Stop`` ("stopping" at once, then "stopped") —
-  target ≤ 1 s each — and ``Start training`` (click → "running").
+  (shows "paused"), ``Resume`` ("running"), ``Stop`` ("stopping" at once, then "stopped"),
+  *Train an induction model* (the live view shows the run "starting") — target ≤ 1 s each — and
+  that click until the new process trains ("running").
 * ``sessions``: N browser sessions (separate cookies: separate Streamlit sessions) on Attention
   change their text at the same moment, each a different length; then each presses ``Next token``
   on Generate at the same moment. Round trips p50/p95 (target p95 ≤ 2.5 s with 6 on 2 cores),
@@ -136,6 +137,10 @@ def app_training(tabs: int, buttons: bool) -> dict:
                 open_page(page, f"{url}/train", charts=False)
                 t0 = time.perf_counter()
                 page.get_by_role("button", name="Train an induction model", exact=True).click()
+                page.wait_for_function(  # the click acknowledged: the live view shows the run
+                    "() => [...document.querySelectorAll('[data-testid=\"stProgress\"]')]"
+                    ".some(e => /starting|running/.test(e.innerText))", timeout=120_000, polling=50)
+                out["start_ack_s"] = round(time.perf_counter() - t0, 3)
                 wait_status(page, "running", 120)
                 out["start_to_running_s"] = round(time.perf_counter() - t0, 3)
                 t_start = time.time()
@@ -222,8 +227,10 @@ def watch(args) -> None:
 def buttons(args) -> None:
     r = app_training(1, buttons=True)
     r.pop("config")
-    for k in ("start_to_running_s", "pause_round_trip_s", "resume_round_trip_s"):
-        emit(k, r.get(k), "s", target="<= 1 s" if k != "start_to_running_s" else "")
+    for k in ("start_ack_s", "start_to_running_s", "pause_round_trip_s", "resume_round_trip_s"):
+        emit(k, r.get(k), "s", target="" if k == "start_to_running_s" else "<= 1 s",
+             **({"note": "the training process starts: Python, torch, the corpus, the model"}
+                if k == "start_to_running_s" else {}))
     emit("buttons_run", r["steps_per_s"], "steps/s", **{k: v for k, v in r.items() if not k.endswith("_s")})
     stop_latency()
 

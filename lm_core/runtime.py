@@ -88,3 +88,26 @@ def freeze_startup_objects() -> bool:
     gc.freeze()
     _frozen = True
     return True
+
+
+_warming = None
+
+
+def warm_imports() -> bool:
+    """Import, in a background thread, what the first training run would otherwise import while a
+    person waits: every torch optimizer imports ``torch._dynamo`` the first time one is built
+    (~2 s on a small CPU). For a server; once per process. Returns True the first time."""
+    global _warming
+    if _warming is not None:
+        return False
+    import threading
+
+    def work() -> None:
+        try:
+            import torch._dynamo  # noqa: F401
+        except Exception as e:  # noqa: BLE001 - a warm-up is never an error
+            log.debug("warm-up import failed: %s", e)
+
+    _warming = threading.Thread(target=work, name="lm-lens-warm-imports", daemon=True)
+    _warming.start()
+    return True
