@@ -18,15 +18,18 @@ from .model import GPT
 __all__ = ["measure_matmul_flops", "measure_step_time"]
 
 
-def measure_step_time(cfg: ModelConfig, batch_size: int, steps: int = 3, device: str = "auto") -> float:
+def measure_step_time(cfg: ModelConfig, batch_size: int, steps: int = 3, device: str = "auto",
+                      freeze: str | None = None) -> float:
     """Seconds per training step of a ``cfg`` model at ``batch_size`` on ``device`` (mean of
-    ``steps`` steps after one warm-up step; nothing else is done in between)."""
+    ``steps`` steps after one warm-up step; nothing else is done in between), with the parameters
+    ``freeze`` names frozen as a fine-tuning run freezes them (less backward work, fewer updates)."""
     from .train.dist import Ranks
     from .train.step import Stepper, resolve_device
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
-    tc = TrainConfig(batch_size=int(batch_size), max_steps=steps + 1, warmup_steps=0, device=device, seed=0)
+    tc = TrainConfig(batch_size=int(batch_size), max_steps=steps + 1, warmup_steps=0, device=device, seed=0,
+                     freeze=freeze)
     dev = resolve_device(tc.device)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, cfg.vocab_size, (4 * (cfg.block_size + 1),), generator=gen)  # [N] random tokens
