@@ -212,9 +212,20 @@ def walkthrough(model_key: str, ids: tuple[int, ...], layer: int, head: int, _mo
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def step_time(config: dict, batch_size: int) -> float:
-    """Measured seconds per training step for a model shape on this machine."""
-    return estimates.measure_step_time(lm_core.ModelConfig(**config), batch_size)
+def step_time(config: dict, batch_size: int, freeze: str | None = None, steps: int = 3) -> float:
+    """Measured seconds per training step for a model shape on this machine (``freeze``: what a
+    fine-tuning run keeps frozen)."""
+    return estimates.measure_step_time(lm_core.ModelConfig(**config), batch_size, steps=steps, freeze=freeze)
+
+
+@st.cache_data(max_entries=16, ttl=60, show_spinner="Reading the pretrained model's config.json…")
+def pretrained_shape(name: str, revision: str | None) -> tuple[dict | None, str | None]:
+    """``(ModelConfig dict, None)`` of a pretrained model from its config.json alone, or ``(None, why
+    not)``. A failure is kept a minute too: an unreachable hub is not asked again at every rerun."""
+    try:
+        return lm_core.pretrained_config(name, revision).to_dict(), None
+    except ValueError as e:
+        return None, str(e)
 
 
 @st.cache_data(max_entries=8, show_spinner="Loading the corpus…")

@@ -120,6 +120,12 @@ TRAIN_INDUCTION_PROBLEM = "train_induction_problem"  # why that button could not
 TRAIN_START_DEMO = "train_start_demo"  # set by the over-fitting demo's buttons: the preset to start on this run
 TRAIN_DEMO_PROBLEM = "train_demo_problem"  # why a demo button could not fill the settings
 TRAIN_PAGE_STATUS = "_train_page_status"  # the run's status when the Train page was last drawn in full
+TRAIN_INIT = "train_init"              # "scratch" (a new model from a preset) | "pretrained" (fine-tune one)
+TRAIN_FT_MODEL = "train_ft_model"      # fine-tuning: the pretrained model, a hub name or a folder
+TRAIN_FT_REVISION = "train_ft_revision"  # ... its hub revision ("" = the default branch)
+TRAIN_FT_FREEZE = "train_ft_freeze"    # ... what does not train: a key of app.core.finetune.FREEZE_CHOICES
+TRAIN_FT_KEEP = "train_ft_keep"        # ... with "all-but-last": the blocks at the top that train
+TRAIN_LAYOUT_PROBLEM = "train_layout_problem"  # why the layout comparison's buttons could not fill the settings
 
 # Internal keys (not widgets): a message or flag one part of a run leaves for another.
 MODEL_PROBLEM = "_model_problem"       # why the chosen model (or its snapshot) could not load; the sidebar shows it
@@ -156,6 +162,11 @@ WIDGET_DEFAULTS: dict[str, Any] = {
     TRAIN_LOG_Y: False,
     TRAIN_LIVE_CHART: "circuits",
     TRAIN_MAX_MINUTES: 30,
+    TRAIN_INIT: "scratch",
+    TRAIN_FT_MODEL: "gpt2",
+    TRAIN_FT_REVISION: "",
+    TRAIN_FT_FREEZE: "all-but-last",
+    TRAIN_FT_KEEP: 2,
     PRETRAINED_NAME: "gpt2",
     PRETRAINED_PICK: "gpt2",
     LENS_TOPK: 5,

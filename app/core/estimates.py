@@ -8,10 +8,12 @@ import lm_core
 from lm_core.timing import measure_step_time as _measure
 
 
-def measure_step_time(cfg: lm_core.ModelConfig, batch_size: int, steps: int = 3, device: str = "auto") -> float:
+def measure_step_time(cfg: lm_core.ModelConfig, batch_size: int, steps: int = 3, device: str = "auto",
+                      freeze: str | None = None) -> float:
     """Seconds per training step for this shape on this machine: :func:`lm_core.timing.measure_step_time`,
-    the trainer's own step on random tokens after one warm-up step, on the device training would use."""
-    return _measure(cfg, int(batch_size), steps=steps, device=device)
+    the trainer's own step on random tokens after one warm-up step, on the device training would use
+    (``freeze``: a fine-tuning run's frozen parameters)."""
+    return _measure(cfg, int(batch_size), steps=steps, device=device, freeze=freeze)
 
 
 def format_seconds(s: float | None) -> str:

@@ -10,13 +10,14 @@ import streamlit as st
 import lm_core
 from lm_core import corpora
 from lm_core.data import check_text_fits
+from lm_core.mechanics import layout
 from lm_core.presets import PRESETS
 from lm_core.tokenizers import MIN_BPE_VOCAB_SIZE
 from lm_core.recipes import build_trainer
 
 from app import lesson_figures, resources, state
 from app.active import active_model
-from app.core import estimates, lessons
+from app.core import estimates, finetune, lessons
 from app.core.corpus import Corpus
 from app.core.models import runs_root
 from app.core.jobs import ACTIVE, AlreadyTraining, NotYours, TrainingJob
@@ -43,6 +44,10 @@ INDUCTION_INSPECT_TEXT = "xkcdmzqwhtbf" * 2  # within the preset's 32-token cont
 NO_LIVE_BASELINES = ("No n-gram baselines for this run: its text is over 20 MB or its vocabulary over 4,096 "
                      "tokens, where counting them would hold up the start.")
 AUTO_MEASURE_FLOPS = 3e10   # measure the step time automatically below this much work per step
+ONE_STEP_FLOPS = 1e11       # above this much work per step, the button times one step (a 124 M model: seconds each)
+LAYOUT_PRESETS = ("nanogpt-cpu", "llama-cpu")  # the same size and recipe in GPT-2's and in Llama's layout
+SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")  # set by the widgets, not the preset
+FT_SHAPE_OF = "_train_ft_shape_of"  # the pretrained model whose shape last set the context
 
 ui.page_header("Train", "Train a small GPT on a text of your choice and watch its loss, gradients and "
                "weight updates as it learns. Training runs on the server; you can leave this page or "
@@ -70,6 +75,29 @@ def _preset_value(name: str, part: str, field: str):
         return d[field]
     base = lm_core.ModelConfig() if part == "model" else lm_core.TrainConfig()
     return getattr(base, field)
+
+
+def _preset_layout(name: str, n_embd: int) -> dict:
+    """The preset's layout (norm, positions, MLP, key/value heads, biases), which the widgets do not
+    set; its MLP width in proportion to the width chosen."""
+    model = PRESETS[name].model
+    out = {k: v for k, v in model.items() if k not in SHAPE_FIELDS}
+    if "d_mlp" in out:
+        out["d_mlp"] = max(1, round(out["d_mlp"] * n_embd / model.get("n_embd", n_embd)))
+    return out
+
+
+def _apply_mode() -> None:
+    """Switching between a new model and fine-tuning fills the settings each one starts from."""
+    ss = st.session_state
+    if ss.get(state.TRAIN_INIT) != "pretrained":
+        _apply_preset()
+        return
+    keys = {"block_size": state.TRAIN_BLOCK, "batch_size": state.TRAIN_BATCH, "learning_rate": state.TRAIN_LR,
+            "max_steps": state.TRAIN_STEPS, "dropout": state.TRAIN_DROPOUT}
+    for field, key in keys.items():
+        ss[key] = finetune.CPU_SETTINGS[field]
+    ss[state.TRAIN_PATIENCE] = 0
 
 
 def _apply_preset() -> None:
@@ -178,6 +206,10 @@ def corpus_section() -> None:
 
 def tokenizer_section() -> None:
     st.subheader("2 · Tokenizer")
+    if st.session_state.get(state.TRAIN_INIT) == "pretrained":
+        st.caption("Fine-tuning keeps the pretrained model's own tokenizer (read with its weights), so its "
+                   "embeddings still mean the same tokens.")
+        return
     c1, c2, c3 = st.columns([2, 1, 2])
     kind = c1.radio("Tokenizer", ["char", "bpe"], key=state.TRAIN_TOKENIZER, horizontal=True,
                     format_func=lambda k: {"char": "Characters", "bpe": "Byte-level BPE"}[k])
@@ -197,12 +229,21 @@ def tokenizer_section() -> None:
 # -- 3. model and training settings ------------------------------------------------------------
 
 
-def settings_section() -> tuple[lm_core.ModelConfig | None, dict | None]:
+def settings_section() -> tuple[lm_core.ModelConfig | None, dict | None, dict | None]:
+    """The model and training settings: ``(model config, train overrides, fine-tuning or None)``,
+    or Nones (with an error shown) when they do not fit."""
     st.subheader("3 · Model and training")
+    st.radio("Start from", ["scratch", "pretrained"], key=state.TRAIN_INIT, horizontal=True, on_change=_apply_mode,
+             format_func=lambda k: {"scratch": "A new model (random weights)",
+                                    "pretrained": "A pretrained model (fine-tune)"}[k])
+    if st.session_state[state.TRAIN_INIT] == "pretrained":
+        return _finetune_settings()
     c1, c2 = st.columns([2, 3])
     c1.selectbox("Preset", list(PRESETS), key=state.TRAIN_PRESET, on_change=_apply_preset,
                  help="Fills the settings below; the corpus stays the one chosen above.")
-    c2.caption(PRESETS[st.session_state[state.TRAIN_PRESET]].description)
+    name = st.session_state[state.TRAIN_PRESET]
+    c2.caption(f"{PRESETS[name].description}. Layout: "
+               f"{layout(lm_core.ModelConfig(**PRESETS[name].model)).summary()}.")
     with st.expander("Advanced settings", expanded=False):
         a = st.columns(4)
         a[0].number_input("Layers", 1, 48, step=1, key=state.TRAIN_N_LAYER)
@@ -235,12 +276,13 @@ def settings_section() -> tuple[lm_core.ModelConfig | None, dict | None]:
     try:
         mc = lm_core.ModelConfig(vocab_size=int(vocab), block_size=int(ss[state.TRAIN_BLOCK]),
                                  n_layer=int(ss[state.TRAIN_N_LAYER]), n_head=int(ss[state.TRAIN_N_HEAD]),
-                                 n_embd=int(ss[state.TRAIN_N_EMBD]), dropout=float(ss[state.TRAIN_DROPOUT]))
-        train_over = _train_overrides()
+                                 n_embd=int(ss[state.TRAIN_N_EMBD]), dropout=float(ss[state.TRAIN_DROPOUT]),
+                                 **_preset_layout(name, int(ss[state.TRAIN_N_EMBD])))
+        train_over = _train_overrides(name)
         lm_core.TrainConfig(**train_over)
     except ValueError as e:
         ui.show_problem(e, "Change the advanced settings so that they fit together.")
-        return None, None
+        return None, None, None
     if cur is not None:  # a corpus too short for the context is refused now, not at Start
         tpc = 1.0 if ss[state.TRAIN_TOKENIZER] == "char" else \
             resources.tokens_per_char(cur.text, "bpe", int(ss[state.TRAIN_VOCAB]))[0]
@@ -249,11 +291,68 @@ def settings_section() -> tuple[lm_core.ModelConfig | None, dict | None]:
         except ValueError as e:
             ui.show_problem(e, "Choose a longer corpus (section 1) or a smaller context (block size) in the "
                                "advanced settings.")
-            return None, None
+            return None, None, None
+    _estimate(mc)
+    return mc, train_over, None
 
+
+def _finetune_settings() -> tuple[lm_core.ModelConfig | None, dict | None, dict | None]:
+    """Fine-tuning: the pretrained model, what stays frozen, and settings a CPU can carry."""
+    ss = st.session_state
+    a = st.columns([3, 1.3, 2, 1])
+    a[0].text_input("Pretrained model (hub name or folder)", key=state.TRAIN_FT_MODEL,
+                    help=f"A Hugging Face hub name such as {', '.join(finetune.SUGGESTED)} (downloaded once, then "
+                         "read from the cache), or a local folder written by save_pretrained (config.json, "
+                         "model.safetensors, tokenizer.json).")
+    a[1].text_input("Revision (optional)", key=state.TRAIN_FT_REVISION,
+                    help="A branch, tag or commit of a hub model, such as Pythia's step1000; empty: its latest weights.")
+    a[2].selectbox("Freeze", list(finetune.FREEZE_CHOICES), format_func=finetune.FREEZE_CHOICES.get,
+                   key=state.TRAIN_FT_FREEZE,
+                   help="Frozen weights keep their pretrained values and stay out of the optimizer: less work per "
+                        "step, and less of what the model knew is lost. With 'All but the last N blocks', the top N "
+                        "blocks, the final norm and the unembedding train.")
+    a[3].number_input("N", 1, 96, step=1, key=state.TRAIN_FT_KEEP, help="Blocks at the top that keep training.",
+                      disabled=ss[state.TRAIN_FT_FREEZE] != "all-but-last")
+    name, rev = ss[state.TRAIN_FT_MODEL].strip(), ss[state.TRAIN_FT_REVISION].strip() or None
+    shape, problem = resources.pretrained_shape(name, rev) if name else (None, None)
+    if shape and ss.get(FT_SHAPE_OF) != (name, rev):  # a new model: the default context fits its positions
+        ss[FT_SHAPE_OF] = (name, rev)
+        if shape["pos"] == "learned":
+            ss[state.TRAIN_BLOCK] = min(int(ss[state.TRAIN_BLOCK]), int(shape["block_size"]))
+    b = st.columns(5)
+    b[0].number_input("Context (block size)", 4, 2048, step=8, key=state.TRAIN_BLOCK)
+    b[1].number_input("Batch size", 1, 1024, step=1, key=state.TRAIN_BATCH)
+    b[2].number_input("Learning rate", 1e-7, 1.0, step=1e-5, format="%.6f", key=state.TRAIN_LR)
+    b[3].number_input("Steps", 1, 1_000_000, step=50, key=state.TRAIN_STEPS)
+    b[4].number_input("Time budget (minutes)", 1, 24 * 60, step=5, key=state.TRAIN_MAX_MINUTES)
+    if not name:
+        st.info("Type a pretrained model's hub name (such as gpt2) or a local folder.", icon=":material/lightbulb:")
+        return None, None, None
+    try:
+        if problem:
+            raise ValueError(problem)
+        cfg = lm_core.ModelConfig(**shape)
+        freeze = finetune.freeze_spec(ss[state.TRAIN_FT_FREEZE], int(ss[state.TRAIN_FT_KEEP]), cfg.n_layer)
+        mc = finetune.model_settings(cfg, int(ss[state.TRAIN_BLOCK]), finetune.CPU_SETTINGS["dropout"])
+        train_over = {**_train_overrides(None, finetune.TRAIN_SETTINGS), "snapshots": finetune.snapshots_for(cfg.n_params)}
+        lm_core.TrainConfig(**train_over)
+    except ValueError as e:
+        ui.show_problem(e, "Change the model name, the revision or the settings above; nothing else changed.")
+        return None, None, None
+    st.caption(f"**{name}**{f' at {rev}' if rev else ''}: {cfg.n_layer} layers × {cfg.n_head} heads × {cfg.n_embd}, "
+               f"context {cfg.block_size:,}, vocabulary {cfg.vocab_size:,} · {layout(cfg).summary()}. The run "
+               f"starts from its weights and tokenizer; it keeps {mc.block_size} positions of context.")
+    _estimate(mc, freeze)
+    return mc, train_over, dict(init_from=name, revision=rev, freeze=freeze)
+
+
+def _estimate(mc: lm_core.ModelConfig, freeze: str | None = None) -> None:
+    """Parameters, tokens per step and the measured time per step (automatic for a small model,
+    a button for a large one), before Start."""
+    ss = st.session_state
     tokens_per_step = int(ss[state.TRAIN_BATCH]) * mc.block_size
     flops = 6 * mc.n_params * tokens_per_step
-    key = (mc.to_dict(), int(ss[state.TRAIN_BATCH]))
+    key = (mc.to_dict(), int(ss[state.TRAIN_BATCH]), freeze)
     est = ss.get(state.TRAIN_ESTIMATE)
     per_step = est[1] if est and est[0] == repr(key) else None
     m = st.columns([1, 1, 1, 2], vertical_alignment="center")
@@ -261,12 +360,16 @@ def settings_section() -> tuple[lm_core.ModelConfig | None, dict | None]:
     m[1].metric("Tokens per step", f"{tokens_per_step:,}")
     if per_step is None and not active and flops <= AUTO_MEASURE_FLOPS:
         with st.spinner("Measuring the time per step on this machine…"):
-            per_step = resources.step_time(mc.to_dict(), int(ss[state.TRAIN_BATCH]))
+            per_step = resources.step_time(mc.to_dict(), int(ss[state.TRAIN_BATCH]), freeze)
         ss[state.TRAIN_ESTIMATE] = (repr(key), per_step)
     if per_step is None:
+        one = flops > ONE_STEP_FLOPS
         if m[3].button("Measure time per step", key="train_btn_measure", icon=":material/timer:",
-                       help="Runs a few training steps of this shape (a few seconds; slower while a run trains)."):
-            per_step = resources.step_time(mc.to_dict(), int(ss[state.TRAIN_BATCH]))
+                       help="Runs " + ("two training steps of this shape (a 124 M model: half a minute or more on a "
+                                       "laptop CPU" if one else "a few training steps of this shape (a few seconds")
+                            + "; slower while a run trains)."):
+            with st.spinner("Measuring the time per step on this machine…"):
+                per_step = resources.step_time(mc.to_dict(), int(ss[state.TRAIN_BATCH]), freeze, 1 if one else 3)
             ss[state.TRAIN_ESTIMATE] = (repr(key), per_step)
     if per_step is not None:
         steps = int(ss[state.TRAIN_STEPS])
@@ -275,17 +378,18 @@ def settings_section() -> tuple[lm_core.ModelConfig | None, dict | None]:
         m[3].caption(f"≈ {estimates.format_seconds(total)} for {steps:,} steps"
                      + (" (the time budget ends it first)" if per_step * steps > 60 * int(ss[state.TRAIN_MAX_MINUTES]) else "")
                      + f" · ≈ {tokens_per_step / per_step:,.0f} tokens/s")
-    return mc, train_over
 
 
-def _train_overrides() -> dict:
+def _train_overrides(preset_name: str | None, base: dict | None = None) -> dict:
+    """The TrainConfig fields of a run started here: the preset's (or ``base``'s) recipe with the
+    widgets' values and intervals scaled to the number of steps."""
     ss = st.session_state
-    preset = PRESETS[ss[state.TRAIN_PRESET]]
+    recipe = PRESETS[preset_name].train if preset_name else (base or {})
     steps = int(ss[state.TRAIN_STEPS])
     # A preset's folder-size settings (the shipped default keeps no snapshots) do not apply here: a
     # run trained in the app keeps its weight snapshots, for time travel and the circuits panel.
     skip = ("max_seconds", "schedule", "snapshots", "save_best", "keep_resume_state")
-    over = {k: v for k, v in preset.train.items() if k not in skip}
+    over = {k: v for k, v in recipe.items() if k not in skip}
     over.update(
         batch_size=int(ss[state.TRAIN_BATCH]), learning_rate=float(ss[state.TRAIN_LR]), max_steps=steps,
         max_seconds=60.0 * int(ss[state.TRAIN_MAX_MINUTES]),
@@ -294,12 +398,12 @@ def _train_overrides() -> dict:
         checkpoint_interval=max(50, min(int(over.get("checkpoint_interval", 500)), steps)),
         early_stopping_patience=int(ss[state.TRAIN_PATIENCE]) or None,
     )
-    if ss[state.TRAIN_PRESET] == INDUCTION_PRESET:
+    if preset_name == INDUCTION_PRESET:
         # head scores are recorded at each evaluation: ~20 of them draw the induction head forming
         over["eval_interval"] = max(10, steps // 20)
     over["warmup_steps"] = min(int(over.get("warmup_steps", 100)), max(0, steps // 10))
     over["min_lr"] = min(float(over.get("min_lr", 1e-4)), over["learning_rate"])
-    if preset.train.get("schedule") == "time":
+    if recipe.get("schedule") == "time":
         over["schedule"] = "time"
     return over
 
@@ -312,30 +416,36 @@ def _run_id(corpus_name: str) -> str:
     return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _start(mc: lm_core.ModelConfig, train_over: dict, name: str | None = None) -> bool:
-    """Start a run (its folder named after ``name``, else the corpus); True when it started (else a
-    message says why)."""
+def _start(mc: lm_core.ModelConfig, train_over: dict, name: str | None = None, ft: dict | None = None) -> bool:
+    """Start a run (its folder named after ``name``, else the corpus; ``ft``: fine-tune a pretrained
+    model, ``init_from`` / ``revision`` / ``freeze``); True when it started (else a message says why)."""
     cur = state.corpus()
     if cur is None:
         st.error("Choose a corpus first (section 1).", icon=":material/error:")
         return False
     ss = st.session_state
-    run_id = _run_id(name or cur.name.replace("upload: ", ""))
+    corpus_name = cur.name.replace("upload: ", "")
+    run_id = _run_id(name or (finetune.run_name(ft["init_from"], corpus_name) if ft else corpus_name))
     run_dir = runs_root() / run_id
+    bpe = ss[state.TRAIN_TOKENIZER] == "bpe"
+    if ft:  # the pretrained model's layout and tokenizer: only the context and dropout are set here
+        kw = dict(model_overrides={"block_size": mc.block_size, "dropout": mc.dropout}, **ft)
+    else:
+        kw = dict(tokenizer_kind=ss[state.TRAIN_TOKENIZER], vocab_size=int(ss[state.TRAIN_VOCAB]) if bpe else None,
+                  model_overrides={k: v for k, v in mc.to_dict().items() if k != "vocab_size"})
 
     def make() -> TrainingJob:
         # the run folder is built here, so a setting that does not fit is said at once; its own
-        # process then trains it (app.training)
-        trainer = build_trainer(cur.spec or None, ss[state.TRAIN_TOKENIZER],
-                                model_overrides={k: v for k, v in mc.to_dict().items() if k != "vocab_size"},
-                                train_overrides=train_over, run_dir=run_dir, intervals="live",
-                                vocab_size=int(ss[state.TRAIN_VOCAB]) if ss[state.TRAIN_TOKENIZER] == "bpe" else None,
-                                corpus_text=cur.text)  # without a spec (an upload, a paste): kept as corpus.txt
+        # process then trains it (app.training); a fine-tuning run's config.json keeps init_from
+        trainer = build_trainer(cur.spec or None, train_overrides=train_over, run_dir=run_dir, intervals="live",
+                                corpus_text=cur.text, **kw)  # without a spec (an upload, a paste): kept as corpus.txt
         return TrainingJob(run_id=run_id, run_dir=run_dir, tokenizer=trainer.tokenizer, corpus_name=cur.name,
                            model_config=trainer.model.config, train_config=trainer.config)
 
+    what = (f"Loading {ft['init_from']} (a hub model downloads once: GPT-2 small is about 550 MB) and preparing "
+            f"the run…" if ft else "Preparing the run (tokenizer, model, first checkpoint)…")
     try:
-        with st.spinner("Preparing the run (tokenizer, model, first checkpoint)…"):
+        with st.spinner(what):
             reg.start(run_id, make, owner=ui.browser_id())
         state.put(state.TRAIN_NOTICE, f"Started run '{run_id}'. Pick it in the sidebar to inspect the "
                                       f"model while it learns.")
@@ -362,6 +472,7 @@ def _load_preset(preset_name: str, source: str, problem_key: str) -> bool:
         return False
     ss[state.TRAIN_TOKENIZER] = preset.tokenizer
     ss[state.TRAIN_PRESET] = preset_name
+    ss[state.TRAIN_INIT] = "scratch"
     _apply_preset()
     return True
 
@@ -428,7 +539,33 @@ def overfit_box() -> None:
         ui.csv_download(lessons.demo_table(runs), "overfitting-demo", key="train_overfit_csv", label="Demo runs CSV")
 
 
-def controls(mc, train_over) -> None:
+def _fill_layout(preset_name: str) -> None:
+    """"Compare GPT-2 and Llama layouts": one of the pair with Tiny Shakespeare, started on this run."""
+    if _load_preset(preset_name, "Tiny Shakespeare", state.TRAIN_LAYOUT_PROBLEM):
+        st.session_state[state.TRAIN_START_DEMO] = preset_name
+
+
+def layout_box() -> None:
+    gpt2, llama = (lm_core.ModelConfig(**PRESETS[n].model) for n in LAYOUT_PRESETS)
+    box = st.container(border=True)
+    a, b = box.columns([3, 1.3], vertical_alignment="center")
+    a.markdown(f"**Compare GPT-2 and Llama layouts.** The same size, recipe and text (Tiny Shakespeare) in two "
+               f"layouts: `{LAYOUT_PRESETS[0]}` ({layout(gpt2).summary()}) and `{LAYOUT_PRESETS[1]}` "
+               f"({layout(llama).summary()}). What differs most is position: GPT-2 learns a vector per position, "
+               f"Llama rotates q and k by an angle. Train one, then the other; then put them side by side on the "
+               f"*Compare* page, and see the learned position map of one and the rotary angles of the other on "
+               f"*Embeddings*.")
+    for i, (name, label) in enumerate(zip(LAYOUT_PRESETS, ("GPT-2 layout", "Llama layout"))):
+        b.button(f"{i + 1} · Train the {label}", key=f"train_btn_layout_{i}", icon=":material/compare_arrows:",
+                 on_click=_fill_layout, args=(name,), disabled=active,
+                 help=f"Fills the settings with the '{name}' preset and Tiny Shakespeare and starts training "
+                      f"(lower Steps for a quicker look).")
+    problem = st.session_state.pop(state.TRAIN_LAYOUT_PROBLEM, None)
+    if problem:
+        box.error(f"Could not load Tiny Shakespeare: {problem}", icon=":material/error:")
+
+
+def controls(mc, train_over, ft) -> None:
     st.subheader("4 · Run")
     status = job.status if job is not None else "idle"
     st.session_state[state.TRAIN_PAGE_STATUS] = status  # the live view reruns the page when it changes
@@ -445,7 +582,8 @@ def controls(mc, train_over) -> None:
                                                             "It was started from another browser."))
     start_induction = st.session_state.pop(state.TRAIN_START_INDUCTION, False) and not active
     demo = st.session_state.pop(state.TRAIN_START_DEMO, None) if not active else None
-    if (start or start_induction or demo) and mc is not None and _start(mc, train_over, name=demo):
+    if (start or start_induction or demo) and mc is not None and _start(mc, train_over, name=demo,
+                                                                          ft=None if demo or start_induction else ft):
         st.rerun()
     action, wanted = (("pause", ("paused",)) if pause else ("resume", ("running",)) if resume
                       else ("stop", ("stopping", "stopped", "finished")) if stop else (None, ()))
@@ -532,11 +670,12 @@ if active:
     st.info(reg.busy_message(job, ui.browser_id()) + " The live view is below.", icon=":material/model_training:")
 induction_box()
 overfit_box()
+layout_box()
 with st.expander("Set up a new run", expanded=not active):
     corpus_section()
     tokenizer_section()
-    mc, train_over = settings_section()
-controls(mc, train_over)
+    mc, train_over, ft = settings_section()
+controls(mc, train_over, ft)
 st.divider()
 if job is not None:
     st.subheader("Live view" if active else f"Last run: {job.run_id}")
