@@ -38,16 +38,17 @@ FAMILIES = {
 }
 
 
-def family_config(name: str, vocab_size: int) -> lm_core.ModelConfig:
-    return lm_core.ModelConfig(vocab_size=vocab_size, **BASE, **FAMILIES[name])
+def family_config(name: str, vocab_size: int, **extra) -> lm_core.ModelConfig:
+    return lm_core.ModelConfig(vocab_size=vocab_size, **BASE, **{**FAMILIES[name], **extra})
 
 
-def make_family_run(path: Path, family: str, steps: int = 4) -> Path:
-    """A run folder of a tiny model of ``family``, written by lm_core's trainer (a few steps)."""
+def make_family_run(path: Path, family: str, steps: int = 4, **extra) -> Path:
+    """A run folder of a tiny model of ``family`` (``extra``: ModelConfig fields on top, such as
+    Mistral's sliding window on Llama's layout), written by lm_core's trainer (a few steps)."""
     text = load_corpus(CORPUS)[:20_000]
     tok = CharTokenizer.train(text)
     torch.manual_seed(0)
-    model = lm_core.GPT(family_config(family, tok.vocab_size))
+    model = lm_core.GPT(family_config(family, tok.vocab_size, **extra))
     tc = lm_core.TrainConfig(batch_size=2, max_steps=steps, eval_interval=steps, eval_iters=1, log_interval=1,
                              warmup_steps=1, checkpoint_interval=steps, sample_tokens=8, snapshots=0)
     Trainer(model, tok, text, tc, run_dir=path, corpus=CORPUS).run()

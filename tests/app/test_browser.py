@@ -333,3 +333,51 @@ def test_app_in_chromium(tmp_path):
         assert "blocks.0.attn.hook_pattern" in bundle.cache
         assert not exceptions(page)
         assert not errors, errors
+
+
+# A tiny random model of each family, as tests/app/test_app_families.py builds them, plus Mistral's
+# sliding window; what the sidebar's layout line shows for each.
+BROWSER_FAMILIES = {
+    "gpt2": "LayerNorm · learned position embedding · GELU MLP · multi-head",
+    "llama": "RMSNorm · rotary (RoPE) · SwiGLU MLP · grouped-query",
+    "qwen2": "RMSNorm · rotary (RoPE) · SwiGLU MLP · grouped-query",
+    "neox": "parallel attention + MLP",
+    "mistral": "sliding window 16",
+}
+
+
+def test_a_tiny_model_of_each_family_draws_its_attention_in_chromium(tmp_path):
+    """One server, five run folders (GPT-2, Llama, Qwen2, GPT-NeoX / Pythia, Mistral): each is picked in
+    the sidebar and the Attention page draws its heatmaps with no exception box and no page error."""
+    _need_browser()
+    import test_app_families as fam
+
+    runs = tmp_path / "runs"
+    for name in BROWSER_FAMILIES:  # Mistral: Llama's layout with a sliding attention window
+        extra = {"sliding_window": 16} if name == "mistral" else {}
+        fam.make_family_run(runs / f"family-{name}", "llama" if name == "mistral" else name, steps=2, **extra)
+    import lm_core
+
+    sizes = {name: f"{lm_core.load_run(runs / f'family-{name}').model.num_params() / 1e3:.1f} k parameters"
+             for name in BROWSER_FAMILIES}
+    env = {"LM_LENS_RUNS_DIR": str(runs), "LM_LENS_CACHE": str(tmp_path / "cache"),
+           "LM_LENS_SERVER_LOG": str(tmp_path / "server.log")}
+    with streamlit_server(env) as url, browser_page() as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        open_page(page, url)
+        for name, line in BROWSER_FAMILIES.items():
+            page.get_by_role("combobox", name="Model").click()
+            page.get_by_role("option", name=re.compile(rf"family-{name}\b")).click()
+            time.sleep(0.3)  # the rerun the pick starts, before waiting for it to end
+            # the sidebar describes the model picked: its size and its layout
+            page.wait_for_function("(w) => { const t = document.querySelector('[data-testid=\"stSidebar\"]')"
+                                   ".innerText; return w.every(s => t.includes(s)); }",
+                                   arg=[sizes[name], line], timeout=60_000)
+            page.wait_for_function("() => { const p = document.querySelector('.js-plotly-plot'); "
+                                   "return p && p.data && p.data.length > 0; }", timeout=60_000)
+            settle(page)
+            assert not exceptions(page), (name, exceptions(page))
+            heads = page.evaluate("() => document.querySelectorAll('.js-plotly-plot').length")
+            assert heads >= 1, name
+        assert not errors, errors
