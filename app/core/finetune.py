@@ -22,7 +22,7 @@ FREEZE_CHOICES = {
 # (a forward and backward through 124 M weights plus the 50k-wide unembedding); fine-tuning takes
 # a small learning rate (nanoGPT's finetune_shakespeare: 3e-5 for 20 iterations of 32k tokens;
 # 1e-4 for a few hundred small steps) and no dropout.
-CPU_SETTINGS = dict(block_size=128, batch_size=4, learning_rate=1e-4, max_steps=200, dropout=0.0)
+CPU_SETTINGS = dict(block_size=128, batch_size=4, learning_rate=1e-4, max_steps=100, dropout=0.0)
 TRAIN_SETTINGS = dict(warmup_steps=20, min_lr=1e-5, weight_decay=0.0, eval_iters=5, sample_tokens=64)
 SNAPSHOT_BYTES = 2e9        # weight snapshots (time travel) of one run keep to about this much disk
 MAX_SNAPSHOTS = 20

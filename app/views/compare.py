@@ -9,6 +9,7 @@ from app import figures, resources, state
 from app.active import PRETRAINED_CHOICE, at_step, resolve, source_options, step_options
 from app.core.text import InputProblem, encode_text, inspect_limit
 from app.widgets import ui
+from app.widgets.positions import position_view
 
 ui.page_header("Compare", "Two training steps of a run, or two runs, side by side on the same text: one head's "
                "attention in each and where they differ, and how well each predicts the text.")
@@ -105,6 +106,20 @@ else:
                  key="cmp_attn_diff", name=f"compare-diff-L{layer}-H{head}",
                  caption="Red: B attends more than A there; blue: less. Each row of the difference sums to 0 "
                          f"(largest change here: {np.nanmax(np.abs(pb - pa)):.3f}).")
+
+# -- positions --------------------------------------------------------------------------------------
+differ = ca_cfg.pos != cb_cfg.pos
+with st.expander("Positions: how A and B know where a token is"
+                 + (f" (A: {ca_cfg.pos}, B: {cb_cfg.pos})" if differ else ""), expanded=differ):
+    if differ:
+        st.caption("A learned position table (GPT-2) gives each position a vector added to the token's; rotary "
+                   "positions (Llama) give none, and turn q and k by an angle instead, so attention sees only "
+                   "how far apart two tokens are. Trained on the same text, both learn to use nearby tokens.")
+    pa_col, pb_col = st.columns(2)
+    with pa_col:
+        position_view(lm_a, key="cmp_a", name="compare-a-")
+    with pb_col:
+        position_view(lm_b, key="cmp_b", name="compare-b-")
 
 # -- predictions ------------------------------------------------------------------------------------
 pred = resources.compare_predictions(lm_a.key, lm_b.key, tuple(enc.ids), _model_a=lm_a.model, _model_b=lm_b.model)

@@ -227,3 +227,6 @@ def test_compare_a_family_with_a_llama_of_the_same_shape(family_env, llama_run):
     assert not at.exception and not at.error, (family, [e.value for e in at.exception], [e.value for e in at.error])
     c = charts(at)
     assert {"cmp_attn_a", "cmp_attn_b", "cmp_attn_diff", "cmp_next"} <= set(c), (family, sorted(c))
+    # how each side knows where a token is: a learned position map (GPT-2) beside Llama's rotary profile
+    assert "cmp_b_rope_distance" in c and ("cmp_a_pos" in c) == (family == "gpt2"), (family, sorted(c))
+    assert ("cmp_a_rope_distance" in c) == (family != "gpt2")
