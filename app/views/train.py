@@ -47,7 +47,6 @@ AUTO_MEASURE_FLOPS = 3e10   # measure the step time automatically below this muc
 ONE_STEP_FLOPS = 1e11       # above this much work per step, the button times one step (a 124 M model: seconds each)
 LAYOUT_PRESETS = ("nanogpt-cpu", "llama-cpu")  # the same size and recipe in GPT-2's and in Llama's layout
 SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")  # set by the widgets, not the preset
-FT_SHAPE_OF = "_train_ft_shape_of"  # the pretrained model whose shape last set the context
 
 ui.page_header("Train", "Train a small GPT on a text of your choice and watch its loss, gradients and "
                "weight updates as it learns. Training runs on the server; you can leave this page or "
@@ -316,8 +315,8 @@ def _finetune_settings() -> tuple[lm_core.ModelConfig | None, dict | None, dict 
                       disabled=ss[state.TRAIN_FT_FREEZE] != "all-but-last")
     name, rev = ss[state.TRAIN_FT_MODEL].strip(), ss[state.TRAIN_FT_REVISION].strip() or None
     shape, problem = resources.pretrained_shape(name, rev) if name else (None, None)
-    if shape and ss.get(FT_SHAPE_OF) != (name, rev):  # a new model: the default context fits its positions
-        ss[FT_SHAPE_OF] = (name, rev)
+    if shape and ss.get(state.TRAIN_FT_SHAPE_OF) != (name, rev):  # a new model: the default context fits its positions
+        ss[state.TRAIN_FT_SHAPE_OF] = (name, rev)
         if shape["pos"] == "learned":
             ss[state.TRAIN_BLOCK] = min(int(ss[state.TRAIN_BLOCK]), int(shape["block_size"]))
     b = st.columns(5)

@@ -207,3 +207,25 @@ def test_problem_text_keeps_the_error_and_the_advice_as_two_sentences():
         "n_head=3 does not divide n_embd=64. Change the settings."
     assert problem_text(ValueError("The file is empty."), "Pick another.") == "The file is empty. Pick another."
     assert problem_text(ValueError("bad"), "") == "bad"
+
+
+def test_fine_tuning_settings_fit_the_pretrained_model():
+    from app.core import finetune
+
+    gpt2 = lm_core.ModelConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+    assert finetune.freeze_spec("all-but-last", 2, 12) == "all-but-last:2"
+    assert finetune.freeze_spec("embeddings", 2, 12) == "embeddings" and finetune.freeze_spec("nothing", 2, 12) is None
+    with pytest.raises(ValueError, match="has 12 blocks"):
+        finetune.freeze_spec("all-but-last", 13, 12)
+    for choice in finetune.FREEZE_CHOICES:  # every choice is one the trainer takes
+        lm_core.TrainConfig(freeze=finetune.freeze_spec(choice, 2, 12))
+    cut = finetune.model_settings(gpt2, 128, 0.0)
+    assert cut.block_size == 128 and cut.n_layer == 12 and cut.vocab_size == 50257
+    with pytest.raises(ValueError, match="1024 learned positions"):
+        finetune.model_settings(gpt2, 2048, 0.0)
+    rotary = gpt2.replace(pos="rotary", block_size=512)
+    assert finetune.model_settings(rotary, 1024, 0.0).block_size == 1024  # rotary: only a limit on the input
+    assert finetune.snapshots_for(gpt2.n_params) == 4  # 500 MB each: about 2 GB of time travel
+    assert finetune.snapshots_for(10_000) == finetune.MAX_SNAPSHOTS
+    assert finetune.run_name("EleutherAI/pythia-70m", "builtin:python-docs").startswith("pythia-70m-")
+    assert finetune.run_name("/models/my-gpt2/", "x") == "my-gpt2-x"
