@@ -40,20 +40,40 @@ def env(monkeypatch, tmp_path, default_model_dir):
     resources.registry().forget_ended()
 
 
-@pytest.fixture(scope="module")
-def gpt2_folder(tmp_path_factory) -> Path:
-    """A random 3-block GPT-2 with a byte-level BPE tokenizer.json, as save_pretrained writes it."""
+def _tokenizer_json(folder: Path) -> int:
+    """A byte-level BPE tokenizer.json in ``folder``; returns its vocabulary size."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator([TEXT], trainer=trainers.BpeTrainer(
         vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
     tok.save(str(folder / "tokenizer.json"))
+    return tok.get_vocab_size()
+
+
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory) -> Path:
+    """A random 2-block Llama (grouped-query, untied), as save_pretrained writes it."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    vocab = _tokenizer_json(folder)
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=3, n_head=2, n_embd=32, vocab_size=tok.get_vocab_size(), n_positions=64,
+    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=64,
+                                   tie_word_embeddings=False)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gpt2_folder(tmp_path_factory) -> Path:
+    """A random 3-block GPT-2 with a byte-level BPE tokenizer.json, as save_pretrained writes it."""
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    _tokenizer_json(folder)
+    tok = lm_core.BPETokenizer.from_hf_json(folder / "tokenizer.json")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=3, n_head=2, n_embd=32, vocab_size=tok.vocab_size, n_positions=64,
                                  bos_token_id=0, eos_token_id=0)
     transformers.GPT2LMHeadModel(cfg).save_pretrained(str(folder), safe_serialization=True)
     return folder
@@ -140,6 +160,32 @@ def test_fine_tune_a_local_model_in_its_own_process_with_pause_resume_stop(env, 
     assert len(travel.options) >= 2 and "0" in travel.options  # step 0: the pretrained weights
     at.switch_page("views/attention.py").run()
     no_problem(at)
+
+
+def test_fine_tune_a_llama_with_frozen_embeddings(env, llama_folder):
+    from app import resources
+
+    at = app()
+    _fine_tune_settings(at, str(llama_folder))
+    assert any("RMSNorm · rotary (RoPE) · SwiGLU MLP · grouped-query" in c.value for c in at.caption)
+    at.selectbox(key="train_ft_freeze").set_value("embeddings")
+    at.number_input(key="train_block_size").set_value(16)
+    at.number_input(key="train_batch_size").set_value(2)
+    at.number_input(key="train_steps").set_value(100_000).run()
+    no_problem(at)
+    at.button(key="train_btn_start").click().run()
+    no_problem(at)
+    job = resources.registry().active_job()
+    assert job is not None and (job.model_config.pos, job.model_config.kv_heads) == ("rotary", 2)
+    assert _wait_for(lambda: job.status == "running" and len(job.history()) >= 2, timeout=90)
+    job.stop()
+    assert job.wait(60) == "stopped"
+    run = lm_core.load_run(job.run_dir)
+    assert run.config.train.init_from == str(llama_folder) and run.config.train.freeze == "embeddings"
+    pre, _ = lm_core.load_pretrained(str(llama_folder))
+    before, after = pre.state_dict_for_save(), run.model.state_dict_for_save()
+    assert torch.equal(after["wte.weight"], before["wte.weight"])  # frozen
+    assert not torch.equal(after["lm_head.weight"], before["lm_head.weight"])  # untied: it trains
 
 
 def test_a_model_that_cannot_be_found_is_one_error_and_loses_nothing(env, tmp_path, monkeypatch):
