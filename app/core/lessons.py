@@ -24,6 +24,8 @@ BASELINE_MAX_VOCAB = 4096        # ... and a vocabulary this small (keys and tab
 OVERFIT_PRESET = "overfit"
 CURED_PRESET = "overfit-cured"
 DEMO_PRESETS = (OVERFIT_PRESET, CURED_PRESET)
+DEMO_LABELS = {OVERFIT_PRESET: "over-fitting", CURED_PRESET: "dropout + early stopping"}
+LAYOUT_LABELS = {"nanogpt-cpu": "GPT-2 layout", "llama-cpu": "Llama layout"}  # the layout comparison's pair
 MAX_DEMO_RUNS = 4                # the over-fitting chart overlays at most this many demo runs (newest)
 
 
@@ -102,21 +104,22 @@ def run_marks(history: pd.DataFrame | None, reason: str | None = None) -> RunMar
 # -- the over-fitting demonstration ----------------------------------------------------------------
 
 
-def demo_preset_of(run_name: str) -> str | None:
-    """Which demo preset a run folder was trained with, from its name (``overfit-cured-…`` first)."""
-    for p in sorted(DEMO_PRESETS, key=len, reverse=True):
+def demo_preset_of(run_name: str, presets=DEMO_PRESETS) -> str | None:
+    """Which of ``presets`` a run folder was trained with, from its name (``overfit-cured-…`` first)."""
+    for p in sorted(presets, key=len, reverse=True):
         if run_name.startswith(p + "-"):
             return p
     return None
 
 
-def demo_runs(root: Path) -> list[dict[str, Any]]:
-    """The over-fitting demonstration's runs under ``root`` (newest :data:`MAX_DEMO_RUNS`, oldest
-    first): ``name``, ``preset``, ``path``, ``status``, ``history``, ``best_step``,
-    ``stopped_step``, ``reason`` — ready for :func:`app.lesson_figures.overfit_curves`."""
+def demo_runs(root: Path, labels: dict[str, str] = DEMO_LABELS) -> list[dict[str, Any]]:
+    """The runs under ``root`` of the demonstration whose presets are the keys of ``labels`` (the
+    over-fitting one by default; :data:`LAYOUT_LABELS` for the layout comparison), newest
+    :data:`MAX_DEMO_RUNS`, oldest first: ``name``, ``preset``, ``path``, ``status``, ``history``,
+    ``best_step``, ``stopped_step``, ``reason`` — ready for :func:`app.lesson_figures.overfit_curves`."""
     found = []
     for info in lm_runs.list_runs(root):
-        preset = demo_preset_of(info.name)
+        preset = demo_preset_of(info.name, tuple(labels))
         if preset is None or not info.ok:
             continue
         try:
@@ -127,8 +130,7 @@ def demo_runs(root: Path) -> list[dict[str, Any]]:
         if not len(hist):
             continue
         marks = run_marks(hist, status.get("reason"))
-        label = "over-fitting" if preset == OVERFIT_PRESET else "dropout + early stopping"
-        found.append({"name": f"{label} ({info.name.rsplit('-', 2)[-1]})", "preset": preset, "path": info.path,
+        found.append({"name": f"{labels[preset]} ({info.name.rsplit('-', 2)[-1]})", "preset": preset, "path": info.path,
                       "status": str(status.get("status") or info.status), "history": hist,
                       "best_step": marks.best_step, "stopped_step": marks.stopped_step, "reason": marks.reason,
                       "modified": info.modified})

@@ -563,6 +563,15 @@ def layout_box() -> None:
     problem = st.session_state.pop(state.TRAIN_LAYOUT_PROBLEM, None)
     if problem:
         box.error(f"Could not load Tiny Shakespeare: {problem}", icon=":material/error:")
+    runs = lessons.demo_runs(runs_root(), lessons.LAYOUT_LABELS)
+    if runs:
+        with box:
+            ui.chart(lesson_figures.overfit_curves(runs, title="Train and val loss: GPT-2 and Llama layouts"),
+                     key="train_layout_chart", name="layout-comparison",
+                     caption="Train (solid) and val (dashed) loss of the layout runs found in the runs folder, on "
+                             "the same text with the same recipe: what the layout changes, step for step. The star "
+                             "marks each run's best val loss. A run still training is drawn as far as it got; "
+                             "reload to extend it.")
 
 
 def controls(mc, train_over, ft) -> None:

@@ -225,5 +225,10 @@ def test_the_llama_layout_preset_trains_a_llama_layout_model(env):
     c = job.model_config
     assert (c.norm, c.pos, c.mlp, c.kv_heads, c.tie_embeddings) == ("rmsnorm", "rotary", "swiglu", 2, False)
     assert c.d_mlp == 384 and job.corpus_name.startswith("tiny-shakespeare")
+    assert _wait_for(lambda: len(job.history()) >= 1, timeout=90)
     job.stop()
     assert job.wait(90) == "stopped"
+    at.run()  # the box overlays the layout runs' losses
+    no_problem(at)
+    chart = next(el for el in at.get("plotly_chart") if el.proto.id.endswith("train_layout_chart"))
+    assert "Llama layout" in chart.proto.spec
