@@ -552,9 +552,8 @@ def layout_box() -> None:
     a.markdown(f"**Compare GPT-2 and Llama layouts.** The same size, recipe and text (Tiny Shakespeare) in two "
                f"layouts: `{LAYOUT_PRESETS[0]}` ({layout(gpt2).summary()}) and `{LAYOUT_PRESETS[1]}` "
                f"({layout(llama).summary()}). What differs most is position: GPT-2 learns a vector per position, "
-               f"Llama rotates q and k by an angle. Train one, then the other; then put them side by side on the "
-               f"*Compare* page, and see the learned position map of one and the rotary angles of the other on "
-               f"*Embeddings*.")
+               f"Llama rotates q and k by an angle. Train one, then the other; then pick one for each side of the "
+               f"*Compare* page: their attention, their predictions and their position signals side by side.")
     for i, (name, label) in enumerate(zip(LAYOUT_PRESETS, ("GPT-2 layout", "Llama layout"))):
         b.button(f"{i + 1} · Train the {label}", key=f"train_btn_layout_{i}", icon=":material/compare_arrows:",
                  on_click=_fill_layout, args=(name,), disabled=active,
