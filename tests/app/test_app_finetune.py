@@ -188,6 +188,54 @@ def test_fine_tune_a_llama_with_frozen_embeddings(env, llama_folder):
     assert not torch.equal(after["lm_head.weight"], before["lm_head.weight"])  # untied: it trains
 
 
+@pytest.fixture
+def fake_hub(gpt2_folder, tmp_path, monkeypatch):
+    """The tiny GPT-2 as a hub repo on a fake hub at 127.0.0.1 (tests/lm_core/test_pretrained_hub.py)."""
+    import sys
+    import threading
+
+    sys.path.insert(0, str(ROOT / "tests" / "lm_core"))
+    try:
+        from test_pretrained_hub import FakeHub, _point_hub_at
+    finally:
+        sys.path.remove(str(ROOT / "tests" / "lm_core"))
+    files = {p.name: p.read_bytes() for p in gpt2_folder.iterdir() if p.is_file()}
+    files.pop("generation_config.json", None)
+    server = FakeHub({"tiny-org/tiny-gpt2": files})
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    _point_hub_at(monkeypatch, tmp_path, server.url)
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_fine_tune_a_hub_model_reads_its_shape_first_and_trains_without_the_hub(env, fake_hub):
+    from app import resources
+
+    at = app()
+    _fine_tune_settings(at, "tiny-org/nope")
+    assert len(at.error) == 1 and "hub has no model 'tiny-org/nope'" in at.error[0].value
+    at.text_input(key="train_ft_model").set_value("tiny-org/tiny-gpt2")
+    at.number_input(key="train_steps").set_value(100_000).run()
+    no_problem(at)
+    assert any("3 layers × 2 heads × 32" in c.value for c in at.caption)
+    fetched = {p.rsplit("/", 1)[1] for p in fake_hub.paths("GET") if "/resolve/" in p}
+    assert fetched == {"config.json"}, fake_hub.log  # the shape before Start: no weights downloaded
+    at.button(key="train_btn_start").click().run()
+    no_problem(at)
+    job = resources.registry().active_job()
+    assert job is not None and lm_runs.load_run_config(job.run_dir).train.init_from == "tiny-org/tiny-gpt2"
+    fake_hub.shutdown()  # the training process reads its run folder, not the hub
+    fake_hub.server_close()
+    assert _wait_for(lambda: job.status == "running" and len(job.history()) >= 1, timeout=90)
+    job.stop()
+    assert job.wait(60) == "stopped"
+
+
 def test_a_model_that_cannot_be_found_is_one_error_and_loses_nothing(env, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
