@@ -218,16 +218,6 @@ def step_time(config: dict, batch_size: int, freeze: str | None = None, steps: i
     return estimates.measure_step_time(lm_core.ModelConfig(**config), batch_size, steps=steps, freeze=freeze)
 
 
-@st.cache_data(max_entries=16, ttl=60, show_spinner="Reading the pretrained model's config.json…")
-def pretrained_shape(name: str, revision: str | None) -> tuple[dict | None, str | None]:
-    """``(ModelConfig dict, None)`` of a pretrained model from its config.json alone, or ``(None, why
-    not)``. A failure is kept a minute too: an unreachable hub is not asked again at every rerun."""
-    try:
-        return lm_core.pretrained_config(name, revision).to_dict(), None
-    except ValueError as e:
-        return None, str(e)
-
-
 @st.cache_data(max_entries=8, show_spinner="Loading the corpus…")
 def corpus_text(spec: str) -> str:
     """A built-in or synthetic corpus (offline, deterministic)."""

@@ -125,7 +125,7 @@ TRAIN_FT_MODEL = "train_ft_model"      # fine-tuning: the pretrained model, a hu
 TRAIN_FT_REVISION = "train_ft_revision"  # ... its hub revision ("" = the default branch)
 TRAIN_FT_FREEZE = "train_ft_freeze"    # ... what does not train: a key of app.core.finetune.FREEZE_CHOICES
 TRAIN_FT_KEEP = "train_ft_keep"        # ... with "all-but-last": the blocks at the top that train
-TRAIN_FT_SHAPE_OF = "_train_ft_shape_of"  # ... the (model, revision) whose shape last set the context
+TRAIN_FT_SHAPE_OF = "_train_ft_shape_of"  # ... the model whose shape last set the context
 TRAIN_LAYOUT_PROBLEM = "train_layout_problem"  # why the layout comparison's buttons could not fill the settings
 
 # Internal keys (not widgets): a message or flag one part of a run leaves for another.

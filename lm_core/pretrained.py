@@ -2,7 +2,7 @@
 
 Families: GPT-2, Llama (SmolLM2, TinyLlama, Llama 3.x), Mistral, Qwen2 / Qwen2.5, Qwen3 and
 GPT-NeoX (Pythia); how each maps onto :class:`ModelConfig` lives in :mod:`lm_core.convert`.
-Ways in:
+Three ways in:
 
 * :func:`gpt_from_hf` converts an in-memory ``transformers`` model (needs only an object with a
   ``config`` and ``state_dict()``; ``transformers`` itself is not imported).
@@ -16,8 +16,6 @@ Ways in:
   ``config.json`` first, so an unsupported one is refused before any weights are fetched. A
   model downloaded before loads from the cache with no network; with no network and no cache
   it fails within seconds, not after the hub's retries.
-* :func:`pretrained_config` reads only ``config.json`` (folder, cache or hub): a model's shape
-  and layout before its weights are fetched (the Train page's fine-tuning estimate).
 """
 
 from __future__ import annotations
@@ -32,11 +30,10 @@ from urllib.parse import urlsplit
 import torch
 
 from .convert import FAMILIES, build, config_from_hf, gpt_from_hf
-from .config import ModelConfig
 from .model import GPT
 from .tokenizers import BPETokenizer
 
-__all__ = ["FAMILIES", "config_from_hf", "gpt_from_hf", "load_pretrained", "pretrained_config", "TRANSFORMERS_PIN"]
+__all__ = ["FAMILIES", "config_from_hf", "gpt_from_hf", "load_pretrained", "TRANSFORMERS_PIN"]
 
 log = logging.getLogger(__name__)
 
@@ -85,21 +82,16 @@ def _folder_tokenizer(folder: Path) -> BPETokenizer | None:
     return None
 
 
-def _read_config(cfg_file: Path, where: str) -> dict:
-    """A transformers ``config.json`` as a dict (``where`` names the folder in the messages)."""
+def _load_folder(folder: Path) -> tuple[GPT, BPETokenizer | None]:
+    cfg_file = folder / "config.json"
     if not cfg_file.is_file():
-        raise ValueError(f"folder {where!r} has no config.json; save the model with save_pretrained(folder)")
+        raise ValueError(f"folder {str(folder)!r} has no config.json; save the model with save_pretrained(folder)")
     try:
         hf_cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{str(cfg_file)!r} is not valid JSON: {e}") from e
     if not isinstance(hf_cfg, dict):
         raise ValueError(f"{str(cfg_file)!r} must hold a JSON object (a transformers config)")
-    return hf_cfg
-
-
-def _load_folder(folder: Path) -> tuple[GPT, BPETokenizer | None]:
-    hf_cfg = _read_config(folder / "config.json", str(folder))
     cfg = config_from_hf(hf_cfg)
     return build(cfg, _read_safetensors(folder), hf_cfg.get("model_type")), _folder_tokenizer(folder)
 
@@ -152,6 +144,9 @@ def _load_hub(name: str, revision: str | None = None) -> tuple[GPT, BPETokenizer
             f"loading {name!r} from the Hugging Face hub needs the transformers package: "
             f"pip install {TRANSFORMERS_PIN} (or give a local folder with config.json and model.safetensors)"
         ) from None
+    from huggingface_hub import constants
+
+    at = f"{name!r}" + (f" at revision {revision!r}" if revision else "")
 
     def fetch(local_only: bool):
         kw = dict(revision=revision, local_files_only=local_only)
@@ -160,92 +155,40 @@ def _load_hub(name: str, revision: str | None = None) -> tuple[GPT, BPETokenizer
         hf_model = transformers.AutoModelForCausalLM.from_pretrained(name, **kw)
         return hf_model, _hub_tokenizer(name, local_only, revision)
 
-    hf_model, tok = _cache_or_hub(name, revision, fetch)
-    return gpt_from_hf(hf_model), tok
-
-
-def _cache_or_hub(name: str, revision: str | None, fetch):
-    """``fetch(local_only=True)`` (the cache: no network, no waiting), else ``fetch(local_only=False)``
-    once the hub is known reachable; every failure a ``ValueError`` saying what to do."""
-    from huggingface_hub import constants
-
-    at = f"{name!r}" + (f" at revision {revision!r}" if revision else "")
-    try:
-        return fetch(local_only=True)
+    try:  # downloaded before: load from the cache, no network, no waiting
+        hf_model, tok = fetch(local_only=True)
     except ValueError as e:
         if "not supported" in str(e):
             raise
+        hf_model = None
     except Exception:  # not (all) in the cache; the hub raises many types
-        pass
-    if constants.HF_HUB_OFFLINE:
-        raise ValueError(f"{at} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; unset it "
-                         f"to download, or give a local folder with config.json and model.safetensors") from None
-    why = _hub_unreachable()
-    if why is not None:
-        raise ValueError(f"could not reach the Hugging Face hub at {why} to download {at}; check the "
-                         f"network, or give a local folder with config.json and model.safetensors") from None
-    try:
-        return fetch(local_only=False)
-    except ValueError as e:
-        if "not supported" in str(e):
-            raise ValueError(f"{name!r}: {e}") from None
-        raise ValueError(f"could not load {at} from the Hugging Face hub ({type(e).__name__}: {e}); check "
-                         f"the name and the network, or give a local folder with config.json and "
-                         f"model.safetensors") from e
-    except Exception as e:  # network, unknown repo or revision: the hub raises many types
-        kind = type(e).__name__
-        if kind == "RepositoryNotFoundError":
-            raise ValueError(f"the Hugging Face hub has no model {name!r} (or it is private); check the name "
-                             f"(such as 'gpt2' or 'EleutherAI/pythia-70m'), or give a local folder") from e
-        if kind == "RevisionNotFoundError":
-            raise ValueError(f"{name!r} on the Hugging Face hub has no revision {revision!r}; check the branch, "
-                             f"tag or commit name") from e
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(
-            f"could not load {at} from the Hugging Face hub ({kind}: {first}); check the name "
-            f"and the network, or give a local folder with config.json and model.safetensors"
-        ) from e
+        hf_model = None
+    if hf_model is None:
+        if constants.HF_HUB_OFFLINE:
+            raise ValueError(f"{at} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; unset it "
+                             f"to download, or give a local folder with config.json and model.safetensors") from None
+        why = _hub_unreachable()
+        if why is not None:
+            raise ValueError(f"could not reach the Hugging Face hub at {why} to download {at}; check the "
+                             f"network, or give a local folder with config.json and model.safetensors") from None
+        try:
+            hf_model, tok = fetch(local_only=False)
+        except ValueError as e:
+            if "not supported" in str(e):
+                raise ValueError(f"{name!r}: {e}") from None
+            raise ValueError(f"could not load {at} from the Hugging Face hub ({type(e).__name__}: {e}); check "
+                             f"the name and the network, or give a local folder with config.json and "
+                             f"model.safetensors") from e
+        except Exception as e:  # network, unknown repo or revision: the hub raises many types
+            raise ValueError(
+                f"could not load {at} from the Hugging Face hub ({type(e).__name__}: {e}); check the name "
+                f"and the network, or give a local folder with config.json and model.safetensors"
+            ) from e
+    return gpt_from_hf(hf_model), tok
 
 
 def _looks_like_path(s: str) -> bool:
     return s.startswith(("/", "./", "../", "~", "\\")) or (len(s) > 1 and s[1] == ":")
-
-
-def pretrained_config(name_or_path: str, revision: str | None = None) -> ModelConfig:
-    """The :class:`ModelConfig` of what :func:`load_pretrained` would load, from its ``config.json``
-    alone (a few kB: from a folder, the Hugging Face cache, or else the hub; no weights, no
-    ``transformers``). What a page shows before a download: size, layout, context. Raises
-    ``ValueError`` as :func:`load_pretrained` does (unknown name, offline and not cached, an
-    unsupported architecture)."""
-    path = _check_name(name_or_path, revision)
-    if path is not None:
-        return config_from_hf(_read_config(path / "config.json", str(path)))
-
-    def fetch(local_only: bool) -> ModelConfig:
-        from huggingface_hub import hf_hub_download
-
-        file = hf_hub_download(name_or_path, "config.json", revision=revision, local_files_only=local_only)
-        return config_from_hf(_read_config(Path(file), name_or_path))
-
-    return _cache_or_hub(name_or_path, revision, fetch)
-
-
-def _check_name(name_or_path: str, revision: str | None) -> Path | None:
-    """The local folder ``name_or_path`` names, ``None`` for a hub name, or ``ValueError``."""
-    if not isinstance(name_or_path, str) or not name_or_path.strip():
-        raise ValueError(f"give a model folder or a hub name such as 'gpt2', got {name_or_path!r}")
-    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
-        raise ValueError(f"revision must be a branch, tag or commit name such as 'step1000', got {revision!r}")
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        if revision is not None:
-            raise ValueError(f"{name_or_path!r} is a local folder: it has no revisions (revision={revision!r})")
-        return path
-    if path.exists():
-        raise ValueError(f"{name_or_path!r} is a file; give the folder that holds config.json and model.safetensors")
-    if _looks_like_path(name_or_path):
-        raise ValueError(f"folder {name_or_path!r} does not exist; check the path")
-    return None
 
 
 def load_pretrained(name_or_path: str, revision: str | None = None) -> tuple[GPT, BPETokenizer | None]:
@@ -259,8 +202,21 @@ def load_pretrained(name_or_path: str, revision: str | None = None) -> tuple[GPT
     :mod:`lm_core.checkpoints`). Anything that cannot be loaded raises ``ValueError`` saying
     what to do; an architecture outside the supported families is named.
     """
-    path = _check_name(name_or_path, revision)
-    model, tok = _load_folder(path) if path is not None else _load_hub(name_or_path, revision)
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ValueError(f"give a model folder or a hub name such as 'gpt2', got {name_or_path!r}")
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        raise ValueError(f"revision must be a branch, tag or commit name such as 'step1000', got {revision!r}")
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if revision is not None:
+            raise ValueError(f"{name_or_path!r} is a local folder: it has no revisions (revision={revision!r})")
+        model, tok = _load_folder(path)
+    elif path.exists():
+        raise ValueError(f"{name_or_path!r} is a file; give the folder that holds config.json and model.safetensors")
+    elif _looks_like_path(name_or_path):
+        raise ValueError(f"folder {name_or_path!r} does not exist; check the path")
+    else:
+        model, tok = _load_hub(name_or_path, revision)
     if tok is not None and tok.vocab_size > model.config.vocab_size:
         raise ValueError(
             f"the tokenizer has {tok.vocab_size} tokens but the model only {model.config.vocab_size} "

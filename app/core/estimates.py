@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import lm_core
+from lm_core.catalog import forward_flops
 from lm_core.timing import measure_step_time as _measure
 
 
@@ -14,6 +15,16 @@ def measure_step_time(cfg: lm_core.ModelConfig, batch_size: int, steps: int = 3,
     the trainer's own step on random tokens after one warm-up step, on the device training would use
     (``freeze``: a fine-tuning run's frozen parameters)."""
     return _measure(cfg, int(batch_size), steps=steps, device=device, freeze=freeze)
+
+
+def rough_step_time(cfg: lm_core.ModelConfig, batch_size: int, flops_per_s: float) -> float:
+    """A first guess at seconds per training step, with no step run: a forward and a backward
+    (3 × :func:`lm_core.catalog.forward_flops` over ``batch_size`` full contexts) at this machine's
+    measured matmul speed. Real steps are slower (the optimizer, memory traffic, other work on the
+    cores): a guess to read before measuring, never instead of it."""
+    if flops_per_s <= 0:
+        raise ValueError(f"flops_per_s must be positive, got {flops_per_s!r}")
+    return 3.0 * int(batch_size) * forward_flops(cfg, cfg.block_size) / flops_per_s
 
 
 def format_seconds(s: float | None) -> str:

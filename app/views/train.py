@@ -9,6 +9,7 @@ import streamlit as st
 
 import lm_core
 from lm_core import corpora
+from lm_core import hub as lm_hub
 from lm_core.data import check_text_fits
 from lm_core.mechanics import layout
 from lm_core.presets import PRESETS
@@ -314,11 +315,12 @@ def _finetune_settings() -> tuple[lm_core.ModelConfig | None, dict | None, dict 
     a[3].number_input("N", 1, 96, step=1, key=state.TRAIN_FT_KEEP, help="Blocks at the top that keep training.",
                       disabled=ss[state.TRAIN_FT_FREEZE] != "all-but-last")
     name, rev = ss[state.TRAIN_FT_MODEL].strip(), ss[state.TRAIN_FT_REVISION].strip() or None
-    shape, problem = resources.pretrained_shape(name, rev) if name else (None, None)
-    if shape and ss.get(state.TRAIN_FT_SHAPE_OF) != (name, rev):  # a new model: the default context fits its positions
-        ss[state.TRAIN_FT_SHAPE_OF] = (name, rev)
-        if shape["pos"] == "learned":
-            ss[state.TRAIN_BLOCK] = min(int(ss[state.TRAIN_BLOCK]), int(shape["block_size"]))
+    # the picker's facts: a curated model's with no network, another's from its config.json alone
+    facts, problem = resources.model_facts(name, lm_hub.endpoint()) if name else (None, None)
+    if facts and ss.get(state.TRAIN_FT_SHAPE_OF) != name:  # a new model: the default context fits its positions
+        ss[state.TRAIN_FT_SHAPE_OF] = name
+        if facts.config.pos == "learned":
+            ss[state.TRAIN_BLOCK] = min(int(ss[state.TRAIN_BLOCK]), facts.config.block_size)
     b = st.columns(5)
     b[0].number_input("Context (block size)", 4, 2048, step=8, key=state.TRAIN_BLOCK)
     b[1].number_input("Batch size", 1, 1024, step=1, key=state.TRAIN_BATCH)
@@ -331,7 +333,7 @@ def _finetune_settings() -> tuple[lm_core.ModelConfig | None, dict | None, dict 
     try:
         if problem:
             raise ValueError(problem)
-        cfg = lm_core.ModelConfig(**shape)
+        cfg = facts.config
         freeze = finetune.freeze_spec(ss[state.TRAIN_FT_FREEZE], int(ss[state.TRAIN_FT_KEEP]), cfg.n_layer)
         mc = finetune.model_settings(cfg, int(ss[state.TRAIN_BLOCK]), finetune.CPU_SETTINGS["dropout"])
         train_over = {**_train_overrides(None, finetune.TRAIN_SETTINGS), "snapshots": finetune.snapshots_for(cfg.n_params)}
@@ -339,9 +341,11 @@ def _finetune_settings() -> tuple[lm_core.ModelConfig | None, dict | None, dict 
     except ValueError as e:
         ui.show_problem(e, "Change the model name, the revision or the settings above; nothing else changed.")
         return None, None, None
+    fetch = (f" Start downloads it first (about {facts.download_bytes / 1e6:,.0f} MB, once)."
+             if facts.download_bytes and lm_hub.cached_snapshot(name, rev) is None else "")
     st.caption(f"**{name}**{f' at {rev}' if rev else ''}: {cfg.n_layer} layers × {cfg.n_head} heads × {cfg.n_embd}, "
-               f"context {cfg.block_size:,}, vocabulary {cfg.vocab_size:,} · {layout(cfg).summary()}. The run "
-               f"starts from its weights and tokenizer; it keeps {mc.block_size} positions of context.")
+               f"context {cfg.block_size:,}, vocabulary {cfg.vocab_size:,} · {facts.layout}. The run starts from "
+               f"its weights and tokenizer; it keeps {mc.block_size} positions of context.{fetch}")
     _estimate(mc, freeze)
     return mc, train_over, dict(init_from=name, revision=rev, freeze=freeze)
 
@@ -371,7 +375,11 @@ def _estimate(mc: lm_core.ModelConfig, freeze: str | None = None) -> None:
             with st.spinner("Measuring the time per step on this machine…"):
                 per_step = resources.step_time(mc.to_dict(), int(ss[state.TRAIN_BATCH]), freeze, 1 if one else 3)
             ss[state.TRAIN_ESTIMATE] = (repr(key), per_step)
-    if per_step is not None:
+    if per_step is None:  # not measured yet: a first guess, said to be one
+        rough = estimates.rough_step_time(mc, int(ss[state.TRAIN_BATCH]), resources.flops_per_s())
+        m[2].caption(f"Roughly {estimates.format_seconds(rough)} per step or more, from this machine's matmul "
+                     f"speed; measure for the real time.")
+    else:
         steps = int(ss[state.TRAIN_STEPS])
         total = min(per_step * steps, 60 * int(ss[state.TRAIN_MAX_MINUTES]))
         m[2].metric("Time per step", estimates.format_seconds(per_step), help="Measured here, without evaluations.")

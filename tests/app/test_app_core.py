@@ -229,3 +229,14 @@ def test_fine_tuning_settings_fit_the_pretrained_model():
     assert finetune.snapshots_for(10_000) == finetune.MAX_SNAPSHOTS
     assert finetune.run_name("EleutherAI/pythia-70m", "builtin:python-docs").startswith("pythia-70m-")
     assert finetune.run_name("/models/my-gpt2/", "x") == "my-gpt2-x"
+
+
+def test_a_rough_step_time_scales_with_the_work():
+    from app.core import estimates
+
+    cfg = lm_core.ModelConfig(vocab_size=50257, block_size=128, n_layer=12, n_head=12, n_embd=768)
+    t4 = estimates.rough_step_time(cfg, 4, flops_per_s=1e11)
+    assert 3.0 < t4 < 5.0  # 3 × 4 × 2 × ~124 M weights × 128 tokens at 100 GFLOP/s
+    assert estimates.rough_step_time(cfg, 8, flops_per_s=1e11) == pytest.approx(2 * t4)
+    with pytest.raises(ValueError, match="positive"):
+        estimates.rough_step_time(cfg, 4, flops_per_s=0)

@@ -190,27 +190,14 @@ def test_fine_tune_a_llama_with_frozen_embeddings(env, llama_folder):
 
 @pytest.fixture
 def fake_hub(gpt2_folder, tmp_path, monkeypatch):
-    """The tiny GPT-2 as a hub repo on a fake hub at 127.0.0.1 (tests/lm_core/test_pretrained_hub.py)."""
-    import sys
-    import threading
+    """The tiny GPT-2 as a hub repo on the fake hub of tests/fakehub.py (127.0.0.1)."""
+    from fakehub import FakeHub, point_hub_at, serving
 
-    sys.path.insert(0, str(ROOT / "tests" / "lm_core"))
-    try:
-        from test_pretrained_hub import FakeHub, _point_hub_at
-    finally:
-        sys.path.remove(str(ROOT / "tests" / "lm_core"))
     files = {p.name: p.read_bytes() for p in gpt2_folder.iterdir() if p.is_file()}
     files.pop("generation_config.json", None)
-    server = FakeHub({"tiny-org/tiny-gpt2": files})
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    _point_hub_at(monkeypatch, tmp_path, server.url)
-    try:
+    with serving(FakeHub({"tiny-org/tiny-gpt2": {"main": files}})) as server:
+        point_hub_at(monkeypatch, tmp_path, server.url)
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_fine_tune_a_hub_model_reads_its_shape_first_and_trains_without_the_hub(env, fake_hub):
@@ -218,7 +205,7 @@ def test_fine_tune_a_hub_model_reads_its_shape_first_and_trains_without_the_hub(
 
     at = app()
     _fine_tune_settings(at, "tiny-org/nope")
-    assert len(at.error) == 1 and "hub has no model 'tiny-org/nope'" in at.error[0].value
+    assert len(at.error) == 1 and "'tiny-org/nope'" in at.error[0].value and "check the name" in at.error[0].value
     at.text_input(key="train_ft_model").set_value("tiny-org/tiny-gpt2")
     at.number_input(key="train_steps").set_value(100_000).run()
     no_problem(at)
@@ -229,21 +216,35 @@ def test_fine_tune_a_hub_model_reads_its_shape_first_and_trains_without_the_hub(
     no_problem(at)
     job = resources.registry().active_job()
     assert job is not None and lm_runs.load_run_config(job.run_dir).train.init_from == "tiny-org/tiny-gpt2"
-    fake_hub.shutdown()  # the training process reads its run folder, not the hub
-    fake_hub.server_close()
+    from fakehub import stop
+
+    stop(fake_hub)  # the training process reads its run folder, not the hub
     assert _wait_for(lambda: job.status == "running" and len(job.history()) >= 1, timeout=90)
     job.stop()
     assert job.wait(60) == "stopped"
 
 
 def test_a_model_that_cannot_be_found_is_one_error_and_loses_nothing(env, tmp_path, monkeypatch):
-    from huggingface_hub import constants
+    from fakehub import closed_port, go_offline, point_hub_at
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # offline, and nothing in this empty cache
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    point_hub_at(monkeypatch, tmp_path, f"http://127.0.0.1:{closed_port()}")  # an empty cache
+    go_offline(monkeypatch)
     at = app()
     corpus_before = at.session_state["train_corpus"]
-    _fine_tune_settings(at, "tiny-org/never-downloaded")
+    # GPT-2 small is in the catalog: its shape, a first guess at the step time and the download size
+    # are shown offline, and Start is refused with one error since its weights cannot come
+    at.radio(key="train_init").set_value("pretrained").run()
+    no_problem(at)
+    assert at.text_input(key="train_ft_model").value == "gpt2"
+    assert any("12 layers × 12 heads × 768" in c.value and "Start downloads it first" in c.value for c in at.caption)
+    assert any(c.value.startswith("Roughly") for c in at.caption) and at.button(key="train_btn_measure")
+    assert at.number_input(key="train_batch_size").value == 4 and at.number_input(key="train_block_size").value == 128
+    at.button(key="train_btn_start").click().run()
+    assert not at.exception and len(at.error) == 1, [e.value for e in at.error]
+    assert "'gpt2'" in at.error[0].value and "HF_HUB_OFFLINE" in at.error[0].value
+    assert not list(env.iterdir()) and at.text_input(key="train_ft_model").value == "gpt2"
+
+    at.text_input(key="train_ft_model").set_value("tiny-org/never-downloaded").run()
     assert not at.exception
     assert len(at.error) == 1 and "HF_HUB_OFFLINE" in at.error[0].value and "never-downloaded" in at.error[0].value
     assert at.button(key="train_btn_start").disabled

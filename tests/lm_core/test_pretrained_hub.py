@@ -123,32 +123,3 @@ def test_offline_mode_without_a_cache_says_so(tmp_path, monkeypatch):
     go_offline(monkeypatch)
     with pytest.raises(ValueError, match="HF_HUB_OFFLINE"):
         load_pretrained(REPO)
-
-
-def test_pretrained_config_reads_config_json_only_then_from_the_cache(fake_hub, tiny_repo, tmp_path):
-    from lm_core.pretrained import pretrained_config
-
-    _, hf, _ = tiny_repo
-    cfg = pretrained_config(REPO)
-    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size) == (2, 2, 32, 64, hf.config.vocab_size)
-    got = {p.rsplit("/", 1)[1] for p in fake_hub.paths("GET") if "/resolve/" in p}
-    assert got == {"config.json"}, fake_hub.log  # no weights, no tokenizer
-    fake_hub.shutdown()
-    fake_hub.server_close()  # the hub is gone: the cached config.json answers
-    assert pretrained_config(REPO) == cfg
-    hf.save_pretrained(str(tmp_path / "folder"), safe_serialization=True)
-    assert pretrained_config(str(tmp_path / "folder")) == cfg  # a folder: its config.json
-
-
-def test_pretrained_config_refuses_what_load_pretrained_refuses(fake_hub, tmp_path, monkeypatch):
-    from lm_core.pretrained import pretrained_config
-
-    with pytest.raises(ValueError, match="hub has no model .no-such-org/no-such-model.*check the name"):
-        pretrained_config("no-such-org/no-such-model")
-    with pytest.raises(ValueError, match="does not exist"):
-        pretrained_config("./no-such-folder")
-    with pytest.raises(ValueError, match="local folder: it has no revisions"):
-        pretrained_config(str(tmp_path), revision="step1")
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(ValueError, match="not in the Hugging Face cache and HF_HUB_OFFLINE is set"):
-        pretrained_config("tiny-org/never-downloaded")
