@@ -65,8 +65,9 @@ def training_threads(cores: int | None = None) -> int:
 
     Measured on 2 cores (``bench/bench_live.py``): the induction preset trains at 0.67x on one
     thread what it does on two, so leaving a core to the pages cannot reach the CLI's speed;
-    what keeps training at the CLI's speed while a tab watches is a live view that costs little
-    (progress every 1.5 s, charts every 10 s) in a server that does not share training's process.
+    what keeps training near the CLI's speed while a tab watches is a live view that costs little
+    (progress every 2 s; the loss and one chart every 10 s; tabs share that budget) in a server
+    that does not share training's process.
     On a machine busy with other work, OpenMP threads that lose their core stall each other, and
     ``LM_LENS_TRAIN_THREADS=1`` can then be faster.
     """
