@@ -57,6 +57,8 @@ GROUP_COLOURS = ["#3b5ba5", "#e4572e", "#17a398", "#f3a712", "#8c4fa1", "#5aa02c
 
 MAX_DISPLAY_POINTS = 2000
 MAX_GROUP_POINTS = 600      # per-group charts draw ~10 series: fewer points each
+MAX_WRITTEN_CELLS = 160     # layers × heads grids write each cell's number up to this many cells
+MAX_HEAD_TICKS = 48         # a "layer · head" axis names every row up to this many, else every layer
 
 _FONT = dict(family="Inter, -apple-system, Segoe UI, Helvetica, Arial, sans-serif", size=12)
 
@@ -124,6 +126,14 @@ def _layout(fig: go.Figure, title: str | None = None, height: int | None = None,
     return fig
 
 
+def _fast_figure(*traces: dict, **layout) -> go.Figure:
+    """A figure from trace dicts (``type="heatmap"``, …) without Plotly's per-property validation:
+    for the figures redrawn on every new text at real size (hundreds of heads), where validation
+    cost more than the rest of the page's Python. Later ``update_*`` calls skip it too; the tests
+    check what these figures hold."""
+    return go.Figure(data=list(traces), layout=layout or None, _validate=False)
+
+
 def _category_ticks(n: int) -> dict:
     """Tick styling for a categorical token axis with ``n`` labels: rotated and smaller when dense."""
     if n > 40:
@@ -189,8 +199,8 @@ def attention_heatmap(pattern, labels: Sequence[str], title: str | None = None,
     queries = list(query_labels) if query_labels is not None else keys[tk - tq:]
     if len(queries) != tq:
         raise ValueError(f"{len(queries)} query labels for {tq} query positions")
-    fig = go.Figure(go.Heatmap(
-        z=z, x=keys, y=queries, colorscale=colorscale("weight"), zmin=0.0, zmax=1.0,
+    fig = _fast_figure(dict(
+        type="heatmap", z=z, x=keys, y=queries, colorscale=colorscale("weight"), zmin=0.0, zmax=1.0,
         colorbar=dict(title=dict(text="weight"), thickness=12),
         hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>",
     ))
@@ -208,6 +218,9 @@ def attention_grid(patterns, labels: Sequence[str], layer: int, cols: int = 4,
     Same axes as :func:`attention_heatmap` (query down, key across); ticks are hidden in the
     small panels, hover shows the tokens. ``kv_heads`` (grouped-query attention: the key/value
     head each query head reads) adds "· KV g" to each panel's title.
+
+    The panels' axes are laid out here rather than by ``make_subplots``, whose per-axis
+    validation dominated the page's time on a real-size layer (12 panels of 64 × 64).
     """
     z = as_f32(patterns)
     if z.ndim != 3:
@@ -217,20 +230,32 @@ def attention_grid(patterns, labels: Sequence[str], layer: int, cols: int = 4,
     rows = math.ceil(n_head / cols)
     names = [f"head {h}" + (f" · KV {kv_heads[h]}" if kv_heads is not None else "") for h in range(n_head)]
     titles = [f"<b>{n}</b>" if h == selected_head else n for h, n in enumerate(names)]
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles,
-                        horizontal_spacing=0.03, vertical_spacing=0.08 if rows > 1 else 0.0)
     keys = list(labels)
     tk = z.shape[2]
     queries = keys[tk - z.shape[1]:]
+    hgap, vgap = 0.03, (0.08 if rows > 1 else 0.0)
+    width, height = (1 - hgap * (cols - 1)) / cols, (1 - vgap * (rows - 1)) / rows
+    traces, layout, annotations = [], {}, []
     for h in range(n_head):
-        fig.add_trace(go.Heatmap(
-            z=z[h], x=keys, y=queries, coloraxis="coloraxis",
+        r, c = divmod(h, cols)
+        x0, y1 = c * (width + hgap), 1 - r * (height + vgap)
+        suffix = "" if h == 0 else str(h + 1)
+        traces.append(dict(
+            type="heatmap", z=z[h], x=keys, y=queries, coloraxis="coloraxis", xaxis=f"x{suffix}",
+            yaxis=f"y{suffix}",
             hovertemplate=f"L{layer} H{h}<br>query %{{y}}<br>key %{{x}}<br>weight %{{z:.3f}}<extra></extra>",
-        ), row=h // cols + 1, col=h % cols + 1)
-    fig.update_xaxes(showticklabels=False, type="category")
-    fig.update_yaxes(showticklabels=False, type="category", autorange="reversed")
-    fig.update_layout(coloraxis=dict(colorscale=colorscale("weight"), cmin=0.0, cmax=1.0,
-                                     colorbar=dict(title=dict(text="weight"), thickness=12)))
+        ))
+        layout[f"xaxis{suffix}"] = dict(domain=[x0, x0 + width], anchor=f"y{suffix}", showticklabels=False,
+                                        type="category")
+        layout[f"yaxis{suffix}"] = dict(domain=[y1 - height, y1], anchor=f"x{suffix}", showticklabels=False,
+                                        type="category", autorange="reversed")
+        annotations.append(dict(text=titles[h], x=x0 + width / 2, y=y1, xref="paper", yref="paper",
+                                xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=16)))
+    fig = go.Figure(data=traces, layout=dict(
+        **layout, annotations=annotations,
+        coloraxis=dict(colorscale=colorscale("weight"), cmin=0.0, cmax=1.0,
+                       colorbar=dict(title=dict(text="weight"), thickness=12))),
+        _validate=False)  # built from known-good values; validation would dominate the build
     _layout(fig, f"Layer {layer}: every head", height=max(280, 230 * rows + 40))
     fig.update_layout(margin=dict(t=70))
     return fig
@@ -272,9 +297,11 @@ def head_score_overview(scores, metric: str, selected: tuple[int, int] | None = 
         raise ValueError(f"scores must be [L, H], got shape {z.shape}")
     n_layer, n_head = z.shape
     lo, hi = zrange if zrange is not None else (None, None)
-    fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(n_head)), y=list(range(n_layer)), colorscale=colorscale("score"),
-        zmin=lo, zmax=hi, texttemplate="%{z:.2f}", textfont=dict(size=10),
+    # numbers in the cells only while they stay legible; a real-size model (270 heads) has the hover
+    written = n_layer * n_head <= MAX_WRITTEN_CELLS
+    fig = _fast_figure(dict(
+        type="heatmap", z=z, x=list(range(n_head)), y=list(range(n_layer)), colorscale=colorscale("score"),
+        zmin=lo, zmax=hi, texttemplate="%{z:.2f}" if written else None, textfont=dict(size=10),
         colorbar=dict(title=dict(text=metric), thickness=12), hoverinfo="skip",
     ))
     _cell_overlay(fig, n_layer, n_head, [f"{v:.3f}" for v in z.ravel()],
@@ -307,16 +334,27 @@ def query_attention(rows, labels: Sequence[str], query_label: str, n_layer: int,
     if len(keys) != z.shape[2]:
         raise ValueError(f"{len(keys)} key labels for {z.shape[2]} key positions")
     heads = [f"L{l} H{h}" for l in range(n_layer) for h in range(n_head)]
-    fig = go.Figure(go.Heatmap(
-        z=z.reshape(n_layer * n_head, -1), x=keys, y=heads, colorscale=colorscale("weight"),
+    fig = _fast_figure(dict(
+        type="heatmap", z=z.reshape(n_layer * n_head, -1), x=keys, y=heads, colorscale=colorscale("weight"),
         zmin=0.0, zmax=1.0, colorbar=dict(title=dict(text="weight"), thickness=12),
         hovertemplate="%{y}<br>query " + query_label.replace("%", "%%") + "<br>key %{x}<br>weight %{z:.3f}<extra></extra>",
     ))
-    _layout(fig, title or f"Where {query_label} looks, in every head", height=max(240, 18 * len(heads) + 110))
+    _layout(fig, title or f"Where {query_label} looks, in every head",
+            height=max(240, (18 if len(heads) <= MAX_HEAD_TICKS else 8) * len(heads) + 110))
     fig.update_xaxes(title_text="key (attended to)", type="category", automargin=True,
                      **_category_ticks(len(keys)))
-    fig.update_yaxes(title_text="layer · head", type="category", autorange="reversed", automargin=True)
+    fig.update_yaxes(title_text="layer · head", type="category", autorange="reversed", automargin=True,
+                     **_head_ticks(n_layer, n_head))
     return fig
+
+
+def _head_ticks(n_layer: int, n_head: int) -> dict:
+    """Ticks of a "L<l> H<h>" category axis: every row while few, else one per layer (the first
+    head of each), so that 270 rows of a real-size model draw 30 labels; the hover names each row."""
+    if n_layer * n_head <= MAX_HEAD_TICKS:
+        return {}
+    return dict(tickmode="array", tickvals=[f"L{l} H0" for l in range(n_layer)],
+                ticktext=[f"L{l}" for l in range(n_layer)], tickfont=dict(size=9))
 
 
 # ----------------------------------------------------------------------------- training
