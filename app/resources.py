@@ -21,7 +21,7 @@ from lm_core.ngram import NGramModels
 from lm_core.surprise import SurpriseComparison
 from lm_core.timing import measure_matmul_flops
 
-from .core import circuits, estimates, lessons, picker, predictions
+from .core import circuits, estimates, lessons, picker, predictions, sweeps
 from .core import inspection as core_inspection  # the cached `inspection` below would shadow the name
 from .core.models import (LoadedModel, at_snapshot, default_model_dir, fallback_model, folder_stamp, from_run, runs_root,
                      load_folder, load_pretrained_model, load_run, snapshot_steps)
@@ -170,6 +170,38 @@ def compare_predictions(key_a: str, key_b: str, ids: tuple[int, ...], _model_a: 
 @st.cache_data(max_entries=8, show_spinner="Ablating every head in turn…")
 def ablation_effects(model_key: str, ids: tuple[int, ...], mode: str, _model: lm_core.GPT) -> np.ndarray:
     return predictions.ablation_effects(_model, list(ids), mode)
+
+
+@st.cache_resource
+def sweep_results() -> sweeps.SweepResults:
+    """Finished sweeps over every head, shared by every session (keyed by model key, text and
+    mode: a second look at the same text is instant). Locked; bounded."""
+    return sweeps.SweepResults()
+
+
+# -- a whole vocabulary: token search -----------------------------------------------------------
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def vocab_pieces(model_key: str, _tokenizer) -> tuple[str, ...]:
+    """Every token's display piece, id order (immutable: shared by every session, never copied)."""
+    return tuple(_tokenizer.pieces(range(_tokenizer.vocab_size)))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def next_token_probs(model_key: str, ids: tuple[int, ...], _model: lm_core.GPT) -> np.ndarray:
+    return predictions.next_token_probs(_model, list(ids))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def ablation_distributions(model_key: str, ids: tuple[int, ...], heads: tuple[tuple[int, int], ...],
+                           mlps: tuple[int, ...], mode: str, pos: int, _model: lm_core.GPT) -> dict[str, np.ndarray]:
+    return predictions.ablation_distributions(_model, list(ids), list(heads), list(mlps), mode, int(pos))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def logit_lens_at(model_key: str, ids: tuple[int, ...], position: int, _model: lm_core.GPT) -> np.ndarray:
+    return core_inspection.logit_lens_at(_model, list(ids), int(position))
 
 
 @st.cache_data(max_entries=8, show_spinner="Reading a validation slice of the training corpus…")

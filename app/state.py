@@ -63,6 +63,7 @@ GEN_CANDIDATES = "gen_candidates"      # the candidates chart's selection event
 EMB_TOKEN = "emb_token"
 EMB_K = "emb_k"
 EMB_WORD = "emb_word"                  # large vocabularies: the token typed instead of picked
+EMB_MATCH = "emb_match"                # … and the one picked among the tokens that match it
 
 LENS_TOPK = "lens_topk"                # Logit lens: candidates listed per cell on hover
 LENS_POS = "lens_pos"                  # the position whose per-layer guesses are tabled
@@ -73,7 +74,6 @@ ABL_MLPS = "abl_mlps"                  # [layer, …] MLPs switched off
 ABL_MODE = "abl_mode"                  # "zero" | "mean"
 ABL_POS = "abl_pos"                    # position whose next-token distribution is shown
 ABL_GRID_NONCE = "abl_grid_nonce"      # bumps after each click so the grid's selection resets
-ABL_EFFECTS = "abl_effects_on"         # single-head effects asked for on a large model
 
 CMP_A = "cmp_a"                        # Compare: source of side A (a model choice, as MODEL_CHOICE)
 CMP_A_STEP = "cmp_a_step"
@@ -82,6 +82,16 @@ CMP_B_STEP = "cmp_b_step"
 CMP_LAYER = "cmp_layer"
 CMP_HEAD = "cmp_head"
 CMP_POS = "cmp_pos"
+
+# Token search: a typed token's probability and rank in a whole-vocabulary distribution (one box per page)
+GEN_FIND = "gen_find"
+LENS_FIND = "lens_find"
+ABL_FIND = "abl_find"
+CMP_FIND = "cmp_find"
+
+# Sweeps over every head (Ablation: each head alone): progress kept per session, cancellable
+SWEEP = "_sweep"                       # the running sweep of this session (app.core.sweeps.Sweep) or None
+SWEEP_NOTICE = "_sweep_notice"         # what the last sweep ended with (cancelled, failed), shown once
 
 CIRCUIT_KIND = "circuit_kind"          # Train: which head score the Circuits panel shows
 REV_KIND = "rev_kind"                  # Train: which head score the hub checkpoints' Circuits panel shows

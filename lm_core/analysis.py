@@ -38,6 +38,7 @@ __all__ = [
     "induction_score",
     "is_pattern_name",
     "kv_groups",
+    "logit_lens_at",
     "kv_head_of",
     "logit_lens",
     "loss_on",
@@ -367,6 +368,27 @@ def logit_lens(model: GPT, idx, top_k: int = 5) -> LogitLens:
     )
 
 
+@torch.no_grad()
+def logit_lens_at(model: GPT, idx, position: int) -> torch.Tensor:
+    """The whole next-token distribution at one ``position`` after every layer boundary, as the
+    logit lens reads it (final norm, then the unembedding): ``[L + 1, V]`` float32 probabilities,
+    rows as :func:`logit_lens`'s labels (the embeddings first, the model's own output last). For
+    finding any token of a large vocabulary, where :func:`logit_lens` keeps only the top k."""
+    idx = _as_idx(model, idx)
+    T = idx.shape[1]
+    if isinstance(position, bool) or not isinstance(position, int) or not -T <= position < T:
+        raise ValueError(f"position must be a whole number in [0, {T}), got {position!r}")
+    L = model.config.n_layer
+    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(L)]
+    rows = []
+    with _inference(model):
+        _, cache = model.run_with_cache(idx, names=names)
+        for name in names:
+            resid = cache[name][:, position].to(model.device)  # (1, D)
+            rows.append(F.softmax(model.lm_head(model.ln_final(resid))[0].float(), dim=-1).cpu())  # (V,)
+    return torch.stack(rows)
+
+
 # -- geometry: PCA, Procrustes, neighbours --------------------------------------------------
 
 
@@ -548,20 +570,24 @@ def loss_on(model: GPT, idx, logits: torch.Tensor | None = None) -> float:
     return float(loss)
 
 
-def head_ablation_effects(model: GPT, idx, mode: str = "zero") -> pd.DataFrame:
+def head_ablation_effects(model: GPT, idx, mode: str = "zero", heads=None,
+                          base_loss: float | None = None) -> pd.DataFrame:
     """Loss of ``idx`` with each head ablated on its own: one row per head.
 
     Columns ``layer``, ``head``, ``loss`` (nats, with the head ablated) and ``loss_increase``
     (``loss`` minus the intact model's loss: how much the model relies on that head here).
-    Costs one forward per head.
+    Costs one forward per head. ``heads`` (``[(layer, head), …]``, default every head) lets a
+    caller sweep in chunks (a progress bar, a cancel button); ``base_loss`` (the intact loss,
+    from the first chunk) spares each later chunk its intact forward.
     """
     idx = _as_idx(model, idx)
-    base = loss_on(model, idx)
+    base = loss_on(model, idx) if base_loss is None else float(base_loss)
+    if heads is None:
+        heads = [(l, h) for l in range(model.config.n_layer) for h in range(model.config.n_head)]
     rows = []
-    for l in range(model.config.n_layer):
-        for h in range(model.config.n_head):
-            loss = loss_on(model, idx, ablate_heads(model, idx, [(l, h)], mode=mode))
-            rows.append({"layer": l, "head": h, "loss": loss, "loss_increase": loss - base})
+    for l, h in heads:
+        loss = loss_on(model, idx, ablate_heads(model, idx, [(int(l), int(h))], mode=mode))
+        rows.append({"layer": int(l), "head": int(h), "loss": loss, "loss_increase": loss - base})
     return pd.DataFrame(rows, columns=["layer", "head", "loss", "loss_increase"])
 
 

@@ -104,6 +104,12 @@ def logit_lens(model: lm_core.GPT, ids: list[int], top_k: int = 5) -> dict[str, 
     }
 
 
+def logit_lens_at(model: lm_core.GPT, ids: list[int], position: int) -> np.ndarray:
+    """``analysis.logit_lens_at``: the whole distribution at ``position`` after each layer
+    boundary, ``[L + 1, V]`` float32 (the token search of the Logit lens page)."""
+    return analysis.logit_lens_at(model, list(ids), int(position)).numpy().astype(np.float32)
+
+
 # -- mechanics --------------------------------------------------------------------------------
 
 

@@ -18,7 +18,10 @@ import torch
 import lm_core
 from lm_core import runs as lm_runs
 from lm_core.mechanics import layout
+from lm_core.pretrained import config_from_hf
 from lm_core.tokenizers import CharTokenizer
+
+from . import memory
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_DIR = REPO_ROOT / "assets" / "default"
@@ -111,7 +114,9 @@ def snapshot_stamp(path: Path, step: int) -> float:
 
 
 def load_run(path: Path) -> Any:
-    """``lm_core.runs.load_run`` (raises ``ValueError`` saying what is wrong)."""
+    """``lm_core.runs.load_run`` (raises ``ValueError`` saying what is wrong, and
+    ``memory.MemoryProblem`` before reading the weights when they would not fit in memory)."""
+    memory.check_load(lm_runs.load_run_config(path).model, f"The model in {Path(path).name}")
     return lm_runs.load_run(path)
 
 
@@ -167,6 +172,14 @@ def load_pretrained_model(name: str, revision: str | None = None) -> LoadedModel
     ``lm_core.load_pretrained``; ``revision`` a hub branch such as Pythia's ``"step1000"``. Raises
     ``ValueError`` saying what to do (transformers missing, offline, no tokenizer in the folder)."""
     name = (name or "").strip()
+    folder = Path(name).expanduser()
+    if (folder / "config.json").is_file():  # a local folder: refuse what would not fit before reading weights
+        try:
+            cfg = config_from_hf(lm_runs.read_json(folder / "config.json", "model config"))
+        except ValueError:
+            cfg = None  # load_pretrained says what is wrong with it
+        if cfg is not None:
+            memory.check_load(cfg, f"The model in {folder.name}")
     model, tok = lm_core.load_pretrained(name, revision=revision)
     if tok is None:
         raise ValueError(f"{name!r} has no tokenizer (tokenizer.json, or vocab.json + merges.txt) next to the "

@@ -76,6 +76,26 @@ def ablation(model: lm_core.GPT, ids: list[int], heads: list[tuple[int, int]], m
     return out
 
 
+@torch.no_grad()
+def next_token_probs(model: lm_core.GPT, ids: list[int]) -> np.ndarray:
+    """The model's whole next-token distribution after ``ids`` (temperature 1), ``[V]`` float32."""
+    model.eval()
+    idx = torch.tensor([ids], dtype=torch.long, device=model.device)
+    return torch.softmax(model(idx)[0, -1].float(), dim=-1).cpu().numpy()
+
+
+@torch.no_grad()
+def ablation_distributions(model: lm_core.GPT, ids: list[int], heads: list[tuple[int, int]], mlps: list[int],
+                           mode: str, pos: int) -> dict[str, np.ndarray]:
+    """The whole next-token distribution at ``pos``, intact and ablated (``[V]`` float32 each): what
+    the Ablation page's token search looks a typed token up in."""
+    model.eval()
+    idx = torch.tensor([ids], dtype=torch.long, device=model.device)
+    before = torch.softmax(model(idx)[0, pos].float(), dim=-1).cpu().numpy()
+    after = analysis.ablate_heads(model, ids, heads=heads, mlp_layers=mlps, mode=mode)
+    return {"intact": before, "ablated": torch.softmax(after[0, pos].float(), dim=-1).cpu().numpy()}
+
+
 def ablation_effects(model: lm_core.GPT, ids: list[int], mode: str) -> np.ndarray:
     """Loss increase on ``ids`` when each head alone is ablated, ``[L, H]`` (``analysis.head_ablation_effects``)."""
     df = analysis.head_ablation_effects(model, list(ids), mode=mode)

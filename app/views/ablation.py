@@ -8,12 +8,11 @@ import streamlit as st
 
 from app import figures, resources, state
 from app.active import active_model
+from app.core import sweeps
 from app.core.models import corpus_spec
 from app.core.predictions import head_label, parse_head
 from app.core.text import InputProblem
 from app.widgets import ui
-
-AUTO_EFFECTS_COST = 5e9   # parameters × heads × tokens below which every head's effect is computed unasked
 
 ui.page_header("Ablation", "Switch attention heads, or a whole layer's MLP, off and watch the next-token "
                "distribution, the loss on your text and the validation loss change. Built on the model's "
@@ -78,10 +77,55 @@ mlps = sorted(int(m) for m in ss[state.ABL_MLPS] or [])
 res = resources.ablation(lm.key, tuple(enc.ids), tuple(heads), tuple(mlps), mode, _model=lm.model)
 
 # -- every head on its own ----------------------------------------------------------------------
-cost = lm.model.num_params() * L * H * T
-effects = None
-if cost <= AUTO_EFFECTS_COST or ss.get(state.ABL_EFFECTS) == (lm.key, mode):
+# A small model sweeps every head unasked; a real-size one (270 heads × a 135M forward) on request,
+# a chunk per fragment rerun with a progress bar and a Cancel button. Finished sweeps are kept for
+# every session: the same model, text and mode again is instant.
+store = resources.sweep_results()
+sweep_key = sweeps.sweep_key(lm.key, enc.ids, mode)
+effects = store.get(sweep_key)
+if effects is None and sweeps.sweep_cost(lm.model, T) <= sweeps.AUTO_SWEEP_COST:
     effects = resources.ablation_effects(lm.key, tuple(enc.ids), mode, _model=lm.model)
+running = ss.get(state.SWEEP)
+if running is not None and (running.key != sweep_key or effects is not None):
+    if effects is None:
+        ss[state.SWEEP_NOTICE] = (f"The sweep over every head stopped after {running.done} of {running.total} "
+                                  f"heads: the text, the mode or the model changed.")
+    ss[state.SWEEP] = running = None
+
+
+def _start_sweep(model_key: str, ids: list[int], mode_: str) -> None:
+    ss[state.SWEEP] = sweeps.ablation_sweep(model_key, lm.model, ids, mode_)
+
+
+def _cancel_sweep() -> None:
+    sw = ss.get(state.SWEEP)
+    if sw is not None:
+        ss[state.SWEEP_NOTICE] = (f"Cancelled after {sw.done} of {sw.total} heads. Press the button again to "
+                                  f"start over.")
+    ss[state.SWEEP] = None
+
+
+@st.fragment(run_every=sweeps.TICK_SECONDS if running is not None else None)
+def sweep_progress() -> None:
+    """One chunk of the running sweep per rerun, then its progress; the page redraws when it ends."""
+    sw = ss.get(state.SWEEP)
+    if sw is None:
+        return
+    try:
+        sw.advance(lm.model)
+    except (ValueError, RuntimeError) as e:  # e.g. out of memory half-way: say so, keep the page
+        ss[state.SWEEP] = None
+        ss[state.SWEEP_NOTICE] = ui.problem_text(e, "The sweep stopped; try a shorter text.")
+        st.rerun()
+    if sw.finished:
+        store.put(sw.key, sw.values)
+        ss[state.SWEEP] = None
+        st.rerun()  # the whole page: the grid takes its colours
+    eta = sw.eta_s()
+    st.progress(sw.fraction, text=f"Ablating each head on its own: {sw.done} of {sw.total} heads"
+                                  + (f", about {eta:.0f} s left" if eta is not None else ""))
+    st.button("Cancel", key="abl_btn_cancel", on_click=_cancel_sweep, icon=":material/cancel:")
+
 
 left, right = st.columns([2, 3])
 with left:
@@ -94,11 +138,16 @@ with left:
                      "on. Colour: how much the loss on this text rises when that head alone is ablated "
                      "(red = the model relies on it here; blue = it does better without it)."
                      + ("" if effects is not None else " (Not computed yet for this large model: see the button.)"))
-    if effects is None:
-        if st.button(f"Compute every head's effect ({L * H} forward passes)", key="abl_btn_effects",
-                     icon=":material/calculate:"):
-            ss[state.ABL_EFFECTS] = (lm.key, mode)
-            st.rerun()
+    notice = ss.pop(state.SWEEP_NOTICE, None)
+    if notice:
+        st.info(notice, icon=":material/info:")
+    if effects is None and running is None:
+        st.button(f"Compute every head's effect ({L * H} forward passes)", key="abl_btn_effects",
+                  icon=":material/calculate:", on_click=_start_sweep, args=(lm.key, list(enc.ids), mode),
+                  help="Ablates each head on its own and measures the loss on this text: one forward per head. "
+                       "Runs in steps with a progress bar; you can cancel it. The result is kept for this text.")
+    elif effects is None:
+        sweep_progress()
     else:
         eff_df = pd.DataFrame({"layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L),
                                "loss_increase": effects.ravel()})
@@ -158,3 +207,6 @@ with right:
     dist = pd.DataFrame({"token_id": ids, "piece": lm.tokenizer.pieces(ids),
                          "p_intact": res["p_before"][pos, order], "p_ablated": res["p_after"][pos, order]})
     ui.csv_download(dist, f"ablation-next-token-{pos}", key="abl_dist_csv", label="Probabilities CSV")
+    ui.token_search(lm, state.ABL_FIND, what=f"after {enc.labels[pos]}, intact and ablated",
+                    dists=lambda: resources.ablation_distributions(lm.key, tuple(enc.ids), tuple(heads), tuple(mlps),
+                                                                   mode, int(pos), _model=lm.model))

@@ -148,3 +148,6 @@ ui.chart(figures.before_after_bar(figures.candidate_labels(lm_a.tokenizer.pieces
          caption="The likeliest next tokens under A (grey) and B (blue)"
                  + ("; orange: the token that really comes next" if hl is not None else "") +
                  f". p(true next) goes from {np.exp(-pred['nll_a'][pos]):.3f} (A) to {np.exp(-pred['nll_b'][pos]):.3f} (B).")
+ui.token_search(lm_a, state.CMP_FIND, what=f"after {enc.labels[pos]} under A and B",
+                dists=lambda: {name_a: resources.next_token_probs(lm_a.key, tuple(enc.ids[: pos + 1]), _model=lm_a.model),
+                               name_b: resources.next_token_probs(lm_b.key, tuple(enc.ids[: pos + 1]), _model=lm_b.model)})

@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app import figures, resources, state
+from app.core import vocab
 from app.widgets import ui
 from app.widgets.positions import position_view
 from app.active import active_model, base_model
@@ -48,14 +49,19 @@ with right:
                              format_func=lambda i: f"{figures.visible(vocab_pieces[i])}  (id {i})",
                              help="Type to search. Its neighbours are listed below and it is highlighted on the map.")
     else:
-        word = st.text_input("Token", key=state.EMB_WORD, placeholder="type a word, e.g. ' the'",
-                             help=f"This vocabulary has {V:,} tokens: type a word and its first token is used.")
+        word = st.text_input("Token", key=state.EMB_WORD, placeholder="a token, e.g. ␣the, or #id",
+                             help=f"This vocabulary has {V:,} tokens: type a token (␣ or a space for the space) "
+                                  f"and pick among the matches.")
         if word:
-            typed = lm.tokenizer.encode(word)
-            if typed:
-                st.session_state[state.EMB_TOKEN] = typed[0]
+            vocab_pieces = resources.vocab_pieces(lm.key, _tokenizer=lm.tokenizer)
+            matches = vocab.find_tokens(word, vocab_pieces, lm.tokenizer)
+            if matches:
+                st.session_state[state.EMB_TOKEN] = st.selectbox(
+                    "Matching tokens", matches, key=state.EMB_MATCH,
+                    format_func=lambda i: f"{figures.visible(vocab_pieces[i])}  (id {i})",
+                    help="Exact pieces first, then the tokens your text encodes to, then pieces containing it.")
             else:
-                st.warning("That text gives no token; type a word.", icon=":material/warning:")
+                st.warning("No token matches that text; type a shorter piece, or #id.", icon=":material/warning:")
         token = int(st.session_state[state.EMB_TOKEN])
         st.caption(f"Token '{figures.visible(pieces_of([token])[0])}' (id {token}).")
     k = st.slider("Neighbours", 3, min(30, V - 1), key=state.EMB_K) if V > 4 else max(1, V - 1)

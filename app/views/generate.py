@@ -194,6 +194,8 @@ with left:
                             "piece": cand_pieces, "p_model": rec.top_before, "p_sampled": rec.top_after,
                             "drawn": [i == drawn_rank for i in range(len(cand_pieces))]})
     ui.csv_download(cand_df, f"candidates-step-{at}", key="gen_cand_csv", label="Probabilities CSV")
+    ui.token_search(lm, state.GEN_FIND, what=f"at step {at} (the model, temperature 1)",
+                    dists=lambda: {"model": resources.next_token_probs(lm.key, tuple(ctx_ids), _model=lm.model)})
 with right:
     ui.chart(figures.query_attention(rec.attention, ctx_labels, f"→ {figures.visible(drawn_piece)}",
                                      cfg.n_layer, cfg.n_head,

@@ -76,6 +76,8 @@ if pos + 1 < T:
 st.dataframe(table, hide_index=True, width="stretch")
 st.caption(f"Every layer's {top_k} best guesses at {enc.labels[pos]}"
            + (", and the probability and rank (1 = top) of the token that really follows." if pos + 1 < T else "."))
+ui.token_search(lm, state.LENS_FIND, what=f"after each layer, predicting after {enc.labels[pos]}",
+                dists=lambda: dict(zip(rows, resources.logit_lens_at(lm.key, tuple(enc.ids), int(pos), _model=lm.model))))
 
 long = pd.DataFrame({
     "after": np.repeat(rows, T), "position": np.tile(np.arange(T), R),

@@ -13,7 +13,8 @@ import streamlit as st
 
 from lm_core import metrics
 
-from .. import state
+from .. import resources, state
+from ..core import memory, vocab
 from ..core.text import Encoded, InputProblem, encode_text, inspect_limit
 from ..figures import visible
 
@@ -77,6 +78,32 @@ def session_id() -> str:
 
     ctx = get_script_run_ctx()
     return ctx.session_id if ctx is not None else "local"
+
+
+def token_search(lm, key: str, dists: Callable[[], dict], what: str, label: str = "Find any token") -> None:
+    """A search box over the whole vocabulary: the tokens matching what is typed, each with its
+    probability and rank (1 = most likely) in every distribution ``dists()`` returns (``{name:
+    [V]}``; called only once something is typed, so a page pays for the full distribution only
+    when asked). Charts show the top k; this finds the other 50,000."""
+    query = st.text_input(label, key=key, placeholder="a token, e.g. ␣the (␣ or a space for the space), or #id",
+                          help=f"Any of the {lm.config.vocab_size:,} tokens: its probability and rank {what}. "
+                               "Exact pieces first (also with a leading space, as BPE writes a word after a "
+                               "space), then the tokens your text encodes to, then pieces containing it.")
+    if not query:
+        return
+    pieces = resources.vocab_pieces(lm.key, _tokenizer=lm.tokenizer)
+    ids = vocab.find_tokens(query, pieces, lm.tokenizer)
+    if not ids:
+        st.info(f"No token of this {len(pieces):,}-token vocabulary matches {query!r}. Try a shorter piece, or "
+                f"#id for a token id.", icon=":material/search_off:")
+        return
+    d = dists()
+    # a few distributions: one row per token; many (one per layer): one row per distribution
+    table = vocab.lookup_table(ids, pieces, d) if len(d) <= 4 else vocab.lookup_by_distribution(ids, pieces, d)
+    fmt = {c: st.column_config.NumberColumn(format="%.3g") for c in table.columns if c.startswith("p ")}
+    st.dataframe(table, hide_index=True, width="stretch", column_config=fmt)
+    st.caption(f"{len(ids)} token(s) matching {query!r}{' (the first ' + str(vocab.MAX_MATCHES) + ')' if len(ids) >= vocab.MAX_MATCHES else ''}: "
+               f"probability and rank {what} (rank 1 = the most likely of {len(pieces):,}).")
 
 
 def browser_id() -> str:
@@ -167,6 +194,7 @@ def inspected_text(lm, *, height: int, help: str, min_tokens: int = 1, stop: boo
         if len(enc.ids) < min_tokens:
             raise InputProblem(f"The text is {len(enc.ids)} token(s); type at least {min_tokens} so there is "
                                f"a next token to predict.")
+        memory.check_capture(lm.config, len(enc.ids))  # before the forward: a message, not a killed server
     except InputProblem as e:
         show_problem(e)
         if stop:
