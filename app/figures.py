@@ -14,6 +14,7 @@ Conventions shared by every figure, so that pages read alike:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -115,6 +116,19 @@ pio.templates["lm_lens"] = _lean_template()
 pio.templates.default = "lm_lens"
 
 
+def _template() -> dict:
+    """The lean template as a plain dict, for :func:`_fast_figure`: a figure built without
+    validation keeps what it is given (a bare template name would reach plotly.js, the HTML export
+    and kaleido unresolved)."""
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        _TEMPLATE = pio.templates["lm_lens"].to_plotly_json()
+    return copy.deepcopy(_TEMPLATE)
+
+
+_TEMPLATE: dict | None = None
+
+
 def _layout(fig: go.Figure, title: str | None = None, height: int | None = None, **kw) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, x=0.0, xanchor="left", font=dict(size=14)) if title else None,
@@ -131,7 +145,7 @@ def _fast_figure(*traces: dict, **layout) -> go.Figure:
     for the figures redrawn on every new text at real size (hundreds of heads), where validation
     cost more than the rest of the page's Python. Later ``update_*`` calls skip it too; the tests
     check what these figures hold."""
-    return go.Figure(data=list(traces), layout=layout or None, _validate=False)
+    return go.Figure(data=list(traces), layout={"template": _template(), **layout}, _validate=False)
 
 
 def _category_ticks(n: int) -> dict:
@@ -251,11 +265,9 @@ def attention_grid(patterns, labels: Sequence[str], layer: int, cols: int = 4,
                                         type="category", autorange="reversed")
         annotations.append(dict(text=titles[h], x=x0 + width / 2, y=y1, xref="paper", yref="paper",
                                 xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=16)))
-    fig = go.Figure(data=traces, layout=dict(
-        **layout, annotations=annotations,
-        coloraxis=dict(colorscale=colorscale("weight"), cmin=0.0, cmax=1.0,
-                       colorbar=dict(title=dict(text="weight"), thickness=12))),
-        _validate=False)  # built from known-good values; validation would dominate the build
+    fig = _fast_figure(*traces, **layout, annotations=annotations,
+                       coloraxis=dict(colorscale=colorscale("weight"), cmin=0.0, cmax=1.0,
+                                      colorbar=dict(title=dict(text="weight"), thickness=12)))
     _layout(fig, f"Layer {layer}: every head", height=max(280, 230 * rows + 40))
     fig.update_layout(margin=dict(t=70))
     return fig

@@ -76,6 +76,17 @@ def test_head_score_overview_at_270_heads_keeps_every_cell_clickable():
     assert F.head_score_overview(z[:4, :4], "induction").data[0].texttemplate == "%{z:.2f}"
 
 
+def test_figures_built_without_validation_still_carry_the_template_and_export():
+    T = 5
+    figs = [F.attention_heatmap(_patterns(1, T)[0], list("abcde")), F.attention_grid(_patterns(3, T), list("abcde"), 0),
+            F.head_score_overview(np.ones((2, 3)), "induction"),
+            F.query_attention(np.ones((2, 3, T)), list("abcde"), "e", 2, 3)]
+    for fig in figs:
+        spec = json.loads(fig.to_json())
+        assert spec["layout"]["template"]["layout"]["plot_bgcolor"] == "white"  # the template, not its bare name
+        assert "<div" in fig.to_html(include_plotlyjs=False)  # what the export bundle writes
+
+
 # -- a whole vocabulary ---------------------------------------------------------------------------
 
 
