@@ -25,6 +25,11 @@ Metrics, per model (wall clock as the user sees it, Chromium at 1400 × 1000, on
   the script has finished (target ≤ 2 s);
 * ``next_token_s``: ``Next token`` on Generate with a 64-token prompt, click until the new token
   is on the page (median; target ≤ 1 s);
+* ``token_search_s``: on Generate, a token typed in ``Find any token`` until its probability
+  and rank show (median of three queries);
+* ``sweep_first_progress_s``, ``sweep_heads_per_s``, ``sweep_cancel_s``: on Ablation, the sweep
+  over every head started (until its progress bar shows), its pace over 5 s, and Cancel clicked
+  until the page says it stopped;
 * ``phase_*``: where the time goes, measured in this process on the same model and text: the
   forward with capture and numpy conversion (``inspect``), each figure's construction, and its
   serialisation as Streamlit sends it (``plotly.io.to_json``), with the JSON size.
@@ -35,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -54,6 +60,7 @@ from tests.app.test_browser import (  # noqa: E402  (the browser test's helpers:
     streamlit_server,
 )
 
+VOCAB = {"gpt2-124m": 50257, "smollm2-135m": 49152}
 SHAKESPEARE = [Path("/work/shared/data/tinyshakespeare.txt"), ROOT / "assets" / "data" / "tinyshakespeare.txt.xz"]
 N_TOKENS = 64
 
@@ -240,6 +247,41 @@ def measure(name: str, folder: Path, repeats: int, tmp: Path) -> None:
                  runs=[round(t, 3) for t in times], first_s=round(times[0], 3), tokens=N_TOKENS,
                  note="median after the first press", target="<= 1 s")
 
+            # a whole vocabulary: type a token in the search box, until its probability and rank show
+            times = []
+            for query in ("the", "king", "#4242"):
+                box = page.get_by_role("textbox", name="Find any token", exact=True)
+                t0 = time.perf_counter()
+                box.fill(query)
+                box.press("Enter")
+                page.get_by_text(re.compile(rf"matching '{re.escape(query)}'")).first.wait_for(timeout=60_000)
+                times.append(time.perf_counter() - t0)
+                settle(page, quiet_ms=300)
+            emit("token_search_s", round(statistics.median(times), 3), "s", model=name,
+                 runs=[round(t, 3) for t in times], vocab=VOCAB[name],
+                 note="Generate: a typed token's probability and rank at the current step (first: the full "
+                      "distribution is computed, then cached)")
+
+            # a sweep over every head: progress shows, it advances, Cancel stops it
+            open_page(page, f"{url}/ablation")
+            t0 = time.perf_counter()
+            page.get_by_role("button", name=re.compile(r"^Compute every head")).click()
+            page.locator('[data-testid="stProgress"]').first.wait_for(timeout=60_000)
+            first = time.perf_counter() - t0
+            time.sleep(5.0)
+            progress = page.locator('[data-testid="stProgress"]').first.inner_text()
+            t0 = time.perf_counter()
+            page.get_by_role("button", name="Cancel", exact=True).click()
+            page.get_by_text(re.compile(r"^Cancelled after")).first.wait_for(timeout=60_000)
+            cancel = time.perf_counter() - t0
+            done = int(re.search(r"(\d+) of (\d+)", progress).group(1))
+            total = int(re.search(r"(\d+) of (\d+)", progress).group(2))
+            emit("sweep_first_progress_s", round(first, 3), "s", model=name, heads=total,
+                 note="Ablation: 'Compute every head's effect' clicked until the progress bar shows")
+            emit("sweep_heads_per_s", round(done / (5.0 + first), 2), "heads/s", model=name, heads=total,
+                 progress=progress.strip(), eta_whole_sweep_s=round(total / max(done / (5.0 + first), 1e-9), 1))
+            emit("sweep_cancel_s", round(cancel, 3), "s", model=name, note="Cancel clicked until the page says so")
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -251,6 +293,10 @@ def main() -> int:
     if not Path(CHROMIUM).exists():
         emit("skipped", True, reason=f"Chromium not installed at {CHROMIUM}")
         return 0
+    import os
+
+    emit("machine", os.cpu_count(), "cores", load_average=[round(x, 2) for x in os.getloadavg()],
+         note="the machine is shared: a load above the core count slows every figure")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         models_dir = Path(args.models_dir) if args.models_dir else tmp / "models"

@@ -109,8 +109,8 @@ def _cancel_sweep() -> None:
 def sweep_progress() -> None:
     """One chunk of the running sweep per rerun, then its progress; the page redraws when it ends."""
     sw = ss.get(state.SWEEP)
-    if sw is None:
-        return
+    if sw is None:  # cancelled (the button's callback): the whole page shows why and the start button again
+        st.rerun()
     try:
         sw.advance(lm.model)
     except (ValueError, RuntimeError) as e:  # e.g. out of memory half-way: say so, keep the page
