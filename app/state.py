@@ -45,6 +45,7 @@ ATTN_LAYER = "attn_layer"
 ATTN_HEAD = "attn_head"
 ATTN_METRIC = "attn_metric"
 ATTN_QUERY = "attn_query"
+ATTN_TAB = "attn_tab"                  # which tab under the large head: the layer grid or one query everywhere
 ATTN_OVERVIEW = "attn_overview"        # the overview chart's selection event
 
 PROMPT = "gen_prompt"                  # Generate: "Prompt"

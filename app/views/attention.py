@@ -88,24 +88,38 @@ def head_explorer() -> None:
                          f"{spec.label} score on this text. Click a cell to open that head (outlined).")
         ui.csv_download(scores_table(ins), "head-scores", key="attn_scores_csv", label="Head scores CSV")
 
-    tab_grid, tab_query = st.tabs([f"All heads of layer {layer}", "One query token, every head"])
-    with tab_grid:
-        ui.chart(figures.attention_grid(patterns[layer], enc.labels, layer, selected_head=head,
-                                        kv_heads=[kv_of[h] for h in range(H)] if shared else None),
-                 key="attn_grid", name=f"attention-layer-{layer}",
-                 caption="Each panel is one head of this layer, with the same axes as the large chart "
-                         "(query down, key across) and the same colour scale; hover for the tokens.")
-    with tab_query:
-        T = len(enc.ids)
-        if st.session_state.get(state.ATTN_QUERY) not in range(T):
-            st.session_state[state.ATTN_QUERY] = T - 1
-        q = st.select_slider("Query token", options=list(range(T)), key=state.ATTN_QUERY,
-                             format_func=lambda i: enc.labels[i])
-        rows = patterns[:, :, q, : q + 1]  # (L, H, q+1)
-        ui.chart(figures.query_attention(rows, enc.labels[: q + 1], enc.labels[q], L, H),
-                 key="attn_query_all", name=f"attention-query-{q}",
-                 caption="One row per head (layer by layer): where the chosen query token looks. Columns are "
-                         "the tokens up to and including it; darker = more attention.")
+    # Only the open tab is computed and drawn (a real-size model's query chart has 270 rows)
+    tab_grid, tab_query = st.tabs(["All heads of the layer", "One query token, every head"], key=state.ATTN_TAB,
+                                  on_change="rerun")
+    if tab_grid.open:
+        with tab_grid:
+            _layer_grid(patterns, layer, head, kv_of if shared else None)
+    if tab_query.open:
+        with tab_query:
+            _query_everywhere(patterns)
+
+
+def _layer_grid(patterns, layer: int, head: int, kv_of: dict | None) -> None:
+    """Every head of one layer, small (a page of the model's heads: one layer at a time)."""
+    ui.chart(figures.attention_grid(patterns[layer], enc.labels, layer, selected_head=head,
+                                    kv_heads=[kv_of[h] for h in range(cfg.n_head)] if kv_of else None),
+             key="attn_grid", name=f"attention-layer-{layer}",
+             caption="Each panel is one head of this layer, with the same axes as the large chart "
+                     "(query down, key across) and the same colour scale; hover for the tokens.")
+
+
+def _query_everywhere(patterns) -> None:
+    """Where one query token looks, in every head of every layer."""
+    T = len(enc.ids)
+    if st.session_state.get(state.ATTN_QUERY) not in range(T):
+        st.session_state[state.ATTN_QUERY] = T - 1
+    q = st.select_slider("Query token", options=list(range(T)), key=state.ATTN_QUERY,
+                         format_func=lambda i: enc.labels[i])
+    rows = patterns[:, :, q, : q + 1]  # (L, H, q+1)
+    ui.chart(figures.query_attention(rows, enc.labels[: q + 1], enc.labels[q], cfg.n_layer, cfg.n_head),
+             key="attn_query_all", name=f"attention-query-{q}",
+             caption="One row per head (layer by layer): where the chosen query token looks. Columns are "
+                     "the tokens up to and including it; darker = more attention.")
 
 
 head_explorer()

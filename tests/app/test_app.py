@@ -110,7 +110,11 @@ def test_attention_new_text_redraws_the_heatmaps(env):
     heat = after["attn_one"]["data"][0]
     assert heat["y"] != before["y"]
     assert heat["y"][:3] == ["0·a", "1·b", "2·c"] and len(heat["y"]) == len(set(heat["y"])) == 13
-    assert {"attn_one", "attn_overview", "attn_grid", "attn_query_all"} <= set(after)
+    assert {"attn_one", "attn_overview", "attn_grid"} <= set(after)
+    at.session_state["attn_tab"] = "One query token, every head"  # only the open tab is drawn
+    at.run()
+    no_problem(at)
+    assert "attn_query_all" in charts(at) and "attn_grid" not in charts(at)
 
 
 def test_attention_head_choice_and_overview_click_state(env):

@@ -462,7 +462,9 @@ def test_gpt2_shaped_model_works_on_every_page_quickly(env, gpt2_folder):
     c = charts(at)
     assert len(c["attn_grid"]["data"]) == 12  # one layer at a time: its 12 heads
     assert all(t["z"]["dtype"] == "f4" for t in c["attn_grid"]["data"])
-    assert len(c["attn_query_all"]["data"][0]["y"]) == 144
+    at.session_state["attn_tab"] = "One query token, every head"
+    at.run()
+    assert len(charts(at)["attn_query_all"]["data"][0]["y"]) == 144
     print("GPT-2-shaped page timings (s):", {k.split("/")[1]: round(v, 2) for k, v in timings.items()})
     assert max(timings.values()) < 15, timings
 
