@@ -199,7 +199,7 @@ def first_labels(page) -> str | None:
                          "return p && p.data ? JSON.stringify(p.data[0].y) : null; }")
 
 
-def measure(name: str, folder: Path, repeats: int, tmp: Path) -> None:
+def measure(name: str, folder: Path, repeats: int, tmp: Path, only: set[str]) -> None:
     passages = texts(folder, repeats + 2)
     phases(folder, passages[0], name)
     env = {"LM_LENS_DEFAULT_MODEL": str(folder), "LM_LENS_RUNS_DIR": str(tmp / "runs"),
@@ -247,6 +247,8 @@ def measure(name: str, folder: Path, repeats: int, tmp: Path) -> None:
                  runs=[round(t, 3) for t in times], first_s=round(times[0], 3), tokens=N_TOKENS,
                  note="median after the first press", target="<= 1 s")
 
+            if "search" not in only:
+                return
             # a whole vocabulary: type a token in the search box, until its probability and rank show
             times = []
             for query in ("the", "king", "#4242"):
@@ -262,6 +264,8 @@ def measure(name: str, folder: Path, repeats: int, tmp: Path) -> None:
                  note="Generate: a typed token's probability and rank at the current step (first: the full "
                       "distribution is computed, then cached)")
 
+            if "sweep" not in only:
+                return
             # a sweep over every head: progress shows, it advances, Cancel stops it
             open_page(page, f"{url}/ablation")
             t0 = time.perf_counter()
@@ -287,6 +291,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--models", default="gpt2-124m,smollm2-135m")
+    ap.add_argument("--only", default="attention,next,search,sweep",
+                    help="what to time after Attention and Next token: search, sweep (drop them to time an "
+                         "older version of the app that has neither)")
     ap.add_argument("--models-dir", default=None, help="where the random-weight folders are kept (default: a "
                                                        "temporary folder)")
     args = ap.parse_args()
@@ -305,7 +312,7 @@ def main() -> int:
             t0 = time.perf_counter()
             folder = write_model_folder(models_dir / name, cfgs[name])
             emit("model_folder_s", round(time.perf_counter() - t0, 3), "s", model=name, folder=str(folder))
-            measure(name, folder, args.repeats, tmp)
+            measure(name, folder, args.repeats, tmp, set(args.only.split(",")))
     return 0
 
 
