@@ -23,6 +23,8 @@ Metrics, per model (wall clock as the user sees it, Chromium at 1400 × 1000, on
 * ``attention_text_to_all_figures_s``: the same press until every figure of the page (large
   head, head-score overview, the layer's all-heads grid, one query in every head) is drawn and
   the script has finished (target ≤ 2 s);
+* ``attention_query_tab_s``: the "One query token, every head" tab clicked until its chart of
+  every head (144 or 270 rows) is drawn (only the open tab is drawn since this bench was written);
 * ``next_token_s``: ``Next token`` on Generate with a 64-token prompt, click until the new token
   is on the page (median; target ≤ 1 s);
 * ``token_search_s``: on Generate, a token typed in ``Find any token`` until its probability
@@ -61,6 +63,7 @@ from tests.app.test_browser import (  # noqa: E402  (the browser test's helpers:
 )
 
 VOCAB = {"gpt2-124m": 50257, "smollm2-135m": 49152}
+N_HEADS = {"gpt2-124m": 144, "smollm2-135m": 270}
 SHAKESPEARE = [Path("/work/shared/data/tinyshakespeare.txt"), ROOT / "assets" / "data" / "tinyshakespeare.txt.xz"]
 N_TOKENS = 64
 
@@ -225,10 +228,24 @@ def measure(name: str, folder: Path, repeats: int, tmp: Path, only: set[str]) ->
                 every.append(b)
                 settle(page, quiet_ms=300)
             n_charts = page.locator(".js-plotly-plot").count()
+            n_heads = N_HEADS[name]
             emit("attention_text_to_heatmap_s", round(statistics.median(heat), 3), "s", model=name,
                  runs=[round(t, 3) for t in heat], tokens=N_TOKENS, target="<= 2 s")
             emit("attention_text_to_all_figures_s", round(statistics.median(every), 3), "s", model=name,
                  runs=[round(t, 3) for t in every], charts=n_charts, tokens=N_TOKENS, target="<= 2 s")
+
+            tab = page.get_by_role("tab", name="One query token, every head")
+            if "search" in only and tab.count():  # this version draws the query chart when its tab opens
+                n = page.locator(".js-plotly-plot").count()
+                t0 = time.perf_counter()
+                tab.click()
+                page.wait_for_function(f"() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= {n}"
+                                       " && [...document.querySelectorAll('.js-plotly-plot')].some(p => p.data && "
+                                       "p.data[0].y && p.data[0].y.length === " + str(n_heads) + ")",
+                                       timeout=60_000, polling=30)
+                emit("attention_query_tab_s", round(time.perf_counter() - t0, 3), "s", model=name, heads=n_heads,
+                     note="the 'One query token, every head' tab clicked until its chart of every head is drawn")
+                settle(page)
 
             open_page(page, f"{url}/generate", charts=False)
             box = page.get_by_role("textbox", name="Prompt", exact=True)

@@ -102,8 +102,9 @@ def token_search(lm, key: str, dists: Callable[[], dict], what: str, label: str 
     table = vocab.lookup_table(ids, pieces, d) if len(d) <= 4 else vocab.lookup_by_distribution(ids, pieces, d)
     fmt = {c: st.column_config.NumberColumn(format="%.3g") for c in table.columns if c.startswith("p ")}
     st.dataframe(table, hide_index=True, width="stretch", column_config=fmt)
-    st.caption(f"{len(ids)} token(s) matching {query!r}{' (the first ' + str(vocab.MAX_MATCHES) + ')' if len(ids) >= vocab.MAX_MATCHES else ''}: "
-               f"probability and rank {what} (rank 1 = the most likely of {len(pieces):,}).")
+    shown = f" (the first {vocab.MAX_MATCHES})" if len(ids) >= vocab.MAX_MATCHES else ""
+    st.caption(f"{len(ids)} token(s) matching {query!r}{shown}: probability and rank {what} (rank 1 = the most "
+               f"likely of {len(pieces):,}).")
 
 
 def browser_id() -> str:
