@@ -5,6 +5,7 @@ Plain Python over numpy; the pages draw what these return.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -41,6 +42,13 @@ def _normalise(s: str) -> str:
     return str(s).replace("␣", " ").replace("↵", "\n").replace("⇥", "\t")
 
 
+@functools.lru_cache(maxsize=4)
+def _index(pieces: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Each piece with its whitespace marks undone, and lower-cased: built once per vocabulary."""
+    norm = tuple(_normalise(p) for p in pieces)
+    return norm, tuple(p.lower() for p in norm)
+
+
 def find_tokens(query: str, pieces: Sequence[str], tokenizer=None, limit: int = MAX_MATCHES) -> list[int]:
     """Token ids matching what the user typed, best matches first (at most ``limit``).
 
@@ -59,7 +67,7 @@ def find_tokens(query: str, pieces: Sequence[str], tokenizer=None, limit: int = 
         if raw.lower().startswith(prefix) and raw[len(prefix):].strip().isdigit():
             i = int(raw[len(prefix):].strip())
             return [i] if 0 <= i < V else []
-    norm = [_normalise(p) for p in pieces]
+    norm, lower = _index(tuple(pieces))
     out: list[int] = []
 
     def add(ids) -> None:
@@ -77,7 +85,7 @@ def find_tokens(query: str, pieces: Sequence[str], tokenizer=None, limit: int = 
             pass
     if len(out) < limit:
         low = q.lower()
-        contains = [i for i, p in enumerate(norm) if low in p.lower() and i not in out]
+        contains = [i for i, p in enumerate(lower) if low in p and i not in out]
         contains.sort(key=lambda i: (len(norm[i]), i))
         add(contains[: limit - len(out)])
     return out[:limit]
