@@ -111,6 +111,13 @@ def sweep_progress() -> None:
     sw = ss.get(state.SWEEP)
     if sw is None:  # cancelled (the button's callback): the whole page shows why and the start button again
         st.rerun()
+    def progress_text() -> str:
+        eta = sw.eta_s()
+        return (f"Ablating each head on its own: {sw.done} of {sw.total} heads"
+                + (f", about {eta:.0f} s left" if eta is not None else ""))
+
+    bar = st.progress(sw.fraction, text=progress_text())  # drawn before the chunk: it shows at once
+    st.button("Cancel", key="abl_btn_cancel", on_click=_cancel_sweep, icon=":material/cancel:")
     try:
         sw.advance(lm.model)
     except (ValueError, RuntimeError) as e:  # e.g. out of memory half-way: say so, keep the page
@@ -121,10 +128,7 @@ def sweep_progress() -> None:
         store.put(sw.key, sw.values)
         ss[state.SWEEP] = None
         st.rerun()  # the whole page: the grid takes its colours
-    eta = sw.eta_s()
-    st.progress(sw.fraction, text=f"Ablating each head on its own: {sw.done} of {sw.total} heads"
-                                  + (f", about {eta:.0f} s left" if eta is not None else ""))
-    st.button("Cancel", key="abl_btn_cancel", on_click=_cancel_sweep, icon=":material/cancel:")
+    bar.progress(sw.fraction, text=progress_text())
 
 
 left, right = st.columns([2, 3])
