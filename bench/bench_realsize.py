@@ -35,6 +35,11 @@ Metrics, per model (wall clock as the user sees it, Chromium at 1400 × 1000, on
 * ``phase_*``: where the time goes, measured in this process on the same model and text: the
   forward with capture and numpy conversion (``inspect``), each figure's construction, and its
   serialisation as Streamlit sends it (``plotly.io.to_json``), with the JSON size.
+
+``bench/results/bench_realsize_2core_cpu.jsonl`` holds two rounds on this 2-core machine, each
+model timed with the app before this work (``--only attention,next``, from a checkout of main)
+and right after it: compare the pair within a round, and read each round's ``machine`` line
+(the machine is shared; a load average far above 2 inflates every figure).
 """
 
 from __future__ import annotations
