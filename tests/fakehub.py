@@ -31,6 +31,8 @@ from urllib.parse import unquote, urlsplit
 
 import torch
 
+from support import scramble
+
 TEXT = "the cat sat on the mat, the cat ate the rat. " * 20
 HOLD_BYTES = 1024
 
@@ -275,12 +277,7 @@ def tiny_pythia_revisions(folder: Path, steps=(0, 1, 8, 1000)):
                                          num_attention_heads=4, max_position_embeddings=64, rotary_pct=0.25,
                                          tie_word_embeddings=False, vocab_size=tok.vocab_size)
         hf = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
-        with torch.no_grad():
-            for name, p in hf.named_parameters():
-                if "norm" in name:
-                    p.copy_(1.0 + 0.3 * torch.randn_like(p))
-                else:
-                    p.normal_(0.0, 0.15)
+        scramble(hf)
         d = folder / f"step{s}"
         hf.save_pretrained(str(d), safe_serialization=True)
         files = _files(d)

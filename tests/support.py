@@ -37,3 +37,34 @@ def make_tiny_model(seed: int = 0, **overrides) -> lm_core.GPT:
             if "ln" in name or name.endswith("bias"):
                 p.add_(0.1 * torch.randn_like(p))
     return model
+
+
+def app_env(monkeypatch, tmp_path: Path, default_model_dir: Path) -> Path:
+    """The app's environment for a test: the shipped default model, a fresh runs folder (returned)
+    and a fresh cache under ``tmp_path``."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    monkeypatch.setenv("LM_LENS_DEFAULT_MODEL", str(default_model_dir))
+    monkeypatch.setenv("LM_LENS_RUNS_DIR", str(runs))
+    monkeypatch.setenv("LM_LENS_CACHE", str(tmp_path / "cache"))
+    return runs
+
+
+def end_app_training() -> None:
+    """Stop every run the app's registry trains and forget ended ones, so the next test's Train
+    page starts with no "last run"."""
+    from app import resources
+
+    resources.registry().stop_all()
+    resources.registry().forget_ended()
+
+
+def scramble(hf) -> None:
+    """Move every parameter of a transformers model (norm gains, biases) far from its init, so a
+    conversion that drops or misplaces one shows."""
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.15)

@@ -26,7 +26,7 @@ from lm_core.train import Trainer
 
 from app.pages import PAGES as PAGE_SPECS
 from fakehub import closed_port, point_hub_at
-from support import make_tiny_run  # noqa: F401  (the shared tiny run; tests/conftest.py has the fixtures)
+from support import app_env, end_app_training, make_tiny_run  # noqa: F401  (the shared tiny run; tests/conftest.py has the fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = str(ROOT / "app" / "main.py")
@@ -37,17 +37,10 @@ TIMEOUT = 60
 
 @pytest.fixture
 def env(monkeypatch, tmp_path, default_model_dir):
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    monkeypatch.setenv("LM_LENS_DEFAULT_MODEL", str(default_model_dir))
-    monkeypatch.setenv("LM_LENS_RUNS_DIR", str(runs))
-    monkeypatch.setenv("LM_LENS_CACHE", str(tmp_path / "cache"))
+    runs = app_env(monkeypatch, tmp_path, default_model_dir)
     point_hub_at(monkeypatch, tmp_path, f"http://127.0.0.1:{closed_port()}")  # no test reaches the real hub
     yield runs
-    from app import resources
-
-    resources.registry().stop_all()
-    resources.registry().forget_ended()  # the next test's Train page starts with no "last run"
+    end_app_training()
 
 
 def app() -> AppTest:

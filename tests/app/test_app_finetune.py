@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 import lm_core
 from lm_core import runs as lm_runs
+from support import app_env, end_app_training
 
 transformers = pytest.importorskip(
     "transformers", reason="transformers is not installed (optional extra: pip install transformers==5.23.0)"
@@ -27,17 +28,10 @@ TEXT = "the cat sat on the mat, the cat ate the rat. def f(x): return x + 1\n" *
 
 @pytest.fixture
 def env(monkeypatch, tmp_path, default_model_dir):
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    monkeypatch.setenv("LM_LENS_DEFAULT_MODEL", str(default_model_dir))
-    monkeypatch.setenv("LM_LENS_RUNS_DIR", str(runs))
-    monkeypatch.setenv("LM_LENS_CACHE", str(tmp_path / "cache"))
+    runs = app_env(monkeypatch, tmp_path, default_model_dir)
     monkeypatch.setenv("LM_LENS_TRAIN_THREADS", "1")
     yield runs
-    from app import resources
-
-    resources.registry().stop_all()
-    resources.registry().forget_ended()
+    end_app_training()
 
 
 def _tokenizer_json(folder: Path) -> int:

@@ -16,6 +16,7 @@ import torch
 
 import lm_core
 from lm_core.convert import config_from_hf, gpt_from_hf
+from support import scramble
 
 transformers = pytest.importorskip(
     "transformers", reason="transformers is not installed (optional extra: pip install transformers==5.23.0)"
@@ -59,12 +60,7 @@ def hf_model(cls_name: str, kw: dict, seed: int = 0):
     torch.manual_seed(seed)
     cfg = getattr(transformers, cls_name)(**{**BASE, **kw})
     hf = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.15)
+    scramble(hf)
     return hf
 
 
