@@ -207,22 +207,25 @@ class CausalSelfAttention(nn.Module):
 
         if self.hook_pattern.active or self.hook_attn_scores.active:
             # Someone is watching: compute the pattern explicitly so it can be seen and edited,
-            # one row per query head (key/value head h // G serves query head h).
-            if G > 1:
-                k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)  # (B, H, Tk, Dh)
+            # one row per query head (key/value head h // G serves query head h). The G query
+            # heads of a group are stacked as G*T rows against their one key/value head, so the
+            # shared keys and values are never copied G times.
             if windowed:
                 mask = torch.zeros(T, Tk, device=x.device, dtype=q.dtype).masked_fill_(
                     ~allowed_keys(T, Tk, past, self.window, x.device), float("-inf"))
             else:  # query i sits at absolute position past + i and may see keys 0 .. past + i
                 mask = torch.full((T, Tk), float("-inf"), device=x.device, dtype=q.dtype).triu_(past + 1)
+            if G > 1:
+                mask = mask.repeat(G, 1)  # (G*T, Tk)
             # the mask is added inside the matmul (baddbmm) rather than in a second pass
             scores = torch.baddbmm(
-                mask.expand(B * H, T, Tk), q.reshape(B * H, T, Dh), k.reshape(B * H, Tk, Dh).transpose(1, 2),
-                alpha=1.0 / math.sqrt(Dh),
+                mask.expand(B * Hkv, G * T, Tk), q.reshape(B * Hkv, G * T, Dh),
+                k.reshape(B * Hkv, Tk, Dh).transpose(1, 2), alpha=1.0 / math.sqrt(Dh),
             ).view(B, H, T, Tk)  # (B, H, T, Tk)
             scores = self.hook_attn_scores(scores)
             pattern = self.hook_pattern(F.softmax(scores, dim=-1))
-            z = self.attn_dropout(pattern) @ v  # (B, H, T, Dh)
+            z = torch.bmm(self.attn_dropout(pattern).reshape(B * Hkv, G * T, Tk),
+                          v.reshape(B * Hkv, Tk, Dh)).view(B, H, T, Dh)
         elif past == 0 and not windowed:
             z = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True, enable_gqa=G > 1)
         else:
