@@ -17,7 +17,8 @@ rotary, SwiGLU, 9 query heads sharing 3 key/value heads, 30 layers), converted w
   call) of one ``run_with_cache`` (every hook) at T = 512, and of transformers'
   ``output_attentions=True`` forward, each in a fresh process; ``*_mib`` what the result holds.
 
-Timings are medians of interleaved repeats after a warmup, ``torch.no_grad``, batch 1.
+Timings are medians of interleaved repeats after a warmup, ``torch.no_grad``, batch 1; ``ratio`` is the
+median of per-repeat ratios (two calls back to back), ``ratio_of_min`` fastest against fastest.
 """
 
 from __future__ import annotations
@@ -67,13 +68,25 @@ def _ms(fn) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def compare(ours, theirs, repeats: int) -> tuple[float, float]:
+def compare(ours, theirs, repeats: int) -> dict:
+    """Interleaved timings: each repeat times ours, then theirs, alternating which goes first.
+
+    This machine's speed drifts (shared host: the same call varies by 2× within a minute), so the
+    ``ratio`` is the median of the per-repeat ratios, each taken from two calls made back to back;
+    ``ratio_of_min`` (fastest against fastest) is given beside it as a check.
+    """
     ours(), theirs()  # warmup
     a, b = [], []
-    for _ in range(repeats):
-        a.append(_ms(ours))
-        b.append(_ms(theirs))
-    return statistics.median(a), statistics.median(b)
+    for i in range(repeats):
+        if i % 2:
+            b.append(_ms(theirs))
+            a.append(_ms(ours))
+        else:
+            a.append(_ms(ours))
+            b.append(_ms(theirs))
+    return dict(ours_ms=round(statistics.median(a), 1), transformers_ms=round(statistics.median(b), 1),
+                ratio=round(statistics.median(x / y for x, y in zip(a, b)), 3),
+                ratio_of_min=round(min(a) / min(b), 3), repeats=repeats)
 
 
 def bench_model(name: str, repeats: int) -> None:
@@ -81,15 +94,13 @@ def bench_model(name: str, repeats: int) -> None:
     V = ours.config.vocab_size
     idx = torch.randint(0, V, (1, 128), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        o, t = compare(lambda: ours(idx), lambda: hf(idx, output_attentions=True), repeats)
-        emit("forward", model=name, T=128, ours_ms=round(o, 1), transformers_ms=round(t, 1), ratio=round(o / t, 3))
-        o, t = compare(lambda: ours.run_with_cache(idx), lambda: hf(idx, output_attentions=True), repeats)
-        emit("run_with_cache", model=name, T=128, capture="all", ours_ms=round(o, 1), transformers_ms=round(t, 1),
-             ratio=round(o / t, 3))
+        emit("forward", model=name, T=128, **compare(lambda: ours(idx), lambda: hf(idx, output_attentions=True),
+                                                      repeats))
+        emit("run_with_cache", model=name, T=128, capture="all",
+             **compare(lambda: ours.run_with_cache(idx), lambda: hf(idx, output_attentions=True), repeats))
         pat = lambda n: n.endswith("hook_pattern")  # noqa: E731
-        o, t = compare(lambda: ours.run_with_cache(idx, names=pat), lambda: hf(idx, output_attentions=True), repeats)
-        emit("run_with_cache", model=name, T=128, capture="patterns", ours_ms=round(o, 1),
-             transformers_ms=round(t, 1), ratio=round(o / t, 3))
+        emit("run_with_cache", model=name, T=128, capture="patterns",
+             **compare(lambda: ours.run_with_cache(idx, names=pat), lambda: hf(idx, output_attentions=True), repeats))
 
     prompt = idx[0].tolist()
 
@@ -104,9 +115,9 @@ def bench_model(name: str, repeats: int) -> None:
                               return_dict_in_generate=True, pad_token_id=0)
         assert len(out.attentions) == 64
 
-    o, t = compare(ours_gen, hf_gen, max(1, repeats // 2))
-    emit("generate", model=name, prompt=128, new_tokens=64, capture=True, ours_ms=round(o, 1),
-         transformers_ms=round(t, 1), ours_ms_per_token=round(o / 64, 2), ratio=round(o / t, 3))
+    r = compare(ours_gen, hf_gen, repeats)
+    emit("generate", model=name, prompt=128, new_tokens=64, capture=True, ours_ms_per_token=round(r["ours_ms"] / 64, 2),
+         **r)
 
 
 def _rss_mib(field: str) -> float:

@@ -19,6 +19,7 @@ from .hooks import ActivationCache
 from .model import GPT, KVCache
 
 Capture = Union[bool, Iterable[str], Callable[[str], bool]]
+UNEMBED_COPY_MIN_TOKENS = 8  # below this many new tokens the copy costs more than it saves
 
 
 @dataclass
@@ -90,14 +91,14 @@ def _check_sampling(temperature, top_k, top_p) -> None:
 
 def _draw(sample_probs: torch.Tensor, gen: torch.Generator) -> int:
     # Inverse-CDF sampling with one uniform per step: the same seed gives the same draw whenever
-    # the distributions agree to float precision (KV cache vs recompute).
+    # the distributions agree to float precision (KV cache vs recompute). The CDF runs over the
+    # tokens that can be drawn only (zeros would not move it): after top-k that is k sums, not
+    # the whole vocabulary's in float64.
     u = torch.rand((), generator=gen, dtype=torch.float64)
-    cdf = torch.cumsum(sample_probs.double(), dim=0)
-    idx = int(torch.searchsorted(cdf, u * cdf[-1], right=True))
-    idx = min(idx, sample_probs.numel() - 1)
-    while sample_probs[idx] <= 0 and idx > 0:  # never land on a masked token at the boundary
-        idx -= 1
-    return idx
+    support = torch.nonzero(sample_probs > 0).flatten()
+    cdf = torch.cumsum(sample_probs[support].double(), dim=0)
+    j = int(torch.searchsorted(cdf, u * cdf[-1], right=True))
+    return int(support[min(j, support.numel() - 1)])
 
 
 def _as_ids(ids, vocab_size: int) -> list[int]:
@@ -158,6 +159,10 @@ def generate(
     model.eval()
     B = cfg.block_size
     kv: KVCache | None = None
+    # a long generation on the CPU reads the unembedding once per token: keep it in the layout
+    # that reads fastest for the whole call (a copy of V x D floats, made once, dropped at the end)
+    unembed_t = (model.lm_head.weight.detach().t().contiguous()
+                 if use_kv_cache and max_new_tokens >= UNEMBED_COPY_MIN_TOKENS and model.device.type == "cpu" else None)
     try:
         for i in range(max_new_tokens):
             truncated = len(seq) > B
@@ -165,13 +170,13 @@ def generate(
             if use_kv_cache and kv is not None and not truncated and kv.length == len(seq) - 1:
                 feed = window[-1:]  # only the new position; earlier keys/values are cached
             else:
-                kv = KVCache() if use_kv_cache else None
+                kv = KVCache(unembed_t=unembed_t) if use_kv_cache else None
                 feed = window       # (re-)prefill the whole window
             idx = torch.tensor([feed], dtype=torch.long, device=model.device)
-            if names is False:
-                logits, cache = model(idx, kv_cache=kv), None
+            if names is False:  # logits of the last position only: the next token is all we need
+                logits, cache = model(idx, kv_cache=kv, last_only=True), None
             else:
-                logits, cache = model.run_with_cache(idx, names=names, kv_cache=kv)
+                logits, cache = model.run_with_cache(idx, names=names, kv_cache=kv, last_only=True)
             last = logits[0, -1].float().cpu()
             probs = F.softmax(last, dim=-1)
             sample_probs = sampling_distribution(last, temperature, top_k, top_p)

@@ -277,11 +277,12 @@ class HookedModule(nn.Module):
         if names is not None and not callable(names):
             self._check_names([full_hook_name(n) for n in ([names] if isinstance(names, str) else names)])
         store: dict[str, torch.Tensor] = {}
+        device = torch.device(device)
 
         def save(t: torch.Tensor, name: str) -> None:
             store[name] = t.detach().to(device)
 
-        hooks = list(fwd_hooks) + [(n, save) for n in self.hook_dict if keep(n)]
-        with self.hooks(hooks):
+        # one predicate for every kept name: attached in one pass (generation attaches per token)
+        with self.hooks(list(fwd_hooks) + [(keep, save)]):
             logits = self(idx, **kwargs)
         return logits, ActivationCache(store)

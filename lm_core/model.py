@@ -134,6 +134,10 @@ class KVCache:
     """
 
     layers: list[tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=list)
+    # Optional [D, V] contiguous copy of the unembedding for ``last_only`` steps. On a CPU the
+    # one-row product x @ W reads W 1.5-1.8x faster in this layout than lm_head.weight's [V, D]
+    # (bench/bench_families.py); ``generate`` makes one for a long generation and drops it after.
+    unembed_t: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -210,18 +214,20 @@ class CausalSelfAttention(nn.Module):
             # one row per query head (key/value head h // G serves query head h). The G query
             # heads of a group are stacked as G*T rows against their one key/value head, so the
             # shared keys and values are never copied G times.
-            if windowed:
-                mask = torch.zeros(T, Tk, device=x.device, dtype=q.dtype).masked_fill_(
-                    ~allowed_keys(T, Tk, past, self.window, x.device), float("-inf"))
-            else:  # query i sits at absolute position past + i and may see keys 0 .. past + i
-                mask = torch.full((T, Tk), float("-inf"), device=x.device, dtype=q.dtype).triu_(past + 1)
-            if G > 1:
-                mask = mask.repeat(G, 1)  # (G*T, Tk)
-            # the mask is added inside the matmul (baddbmm) rather than in a second pass
-            scores = torch.baddbmm(
-                mask.expand(B * Hkv, G * T, Tk), q.reshape(B * Hkv, G * T, Dh),
-                k.reshape(B * Hkv, Tk, Dh).transpose(1, 2), alpha=1.0 / math.sqrt(Dh),
-            ).view(B, H, T, Tk)  # (B, H, T, Tk)
+            qg, kg = q.reshape(B * Hkv, G * T, Dh), k.reshape(B * Hkv, Tk, Dh).transpose(1, 2)
+            if T == 1 and not windowed:  # one new position (generation) sees every key: no mask
+                scores = torch.bmm(qg, kg).mul_(1.0 / math.sqrt(Dh))
+            else:
+                if windowed:
+                    mask = torch.zeros(T, Tk, device=x.device, dtype=q.dtype).masked_fill_(
+                        ~allowed_keys(T, Tk, past, self.window, x.device), float("-inf"))
+                else:  # query i sits at absolute position past + i and may see keys 0 .. past + i
+                    mask = torch.full((T, Tk), float("-inf"), device=x.device, dtype=q.dtype).triu_(past + 1)
+                if G > 1:
+                    mask = mask.repeat(G, 1)  # (G*T, Tk)
+                # the mask is added inside the matmul (baddbmm) rather than in a second pass
+                scores = torch.baddbmm(mask.expand(B * Hkv, G * T, Tk), qg, kg, alpha=1.0 / math.sqrt(Dh))
+            scores = scores.view(B, H, T, Tk)  # (B, H, T, Tk)
             scores = self.hook_attn_scores(scores)
             pattern = self.hook_pattern(F.softmax(scores, dim=-1))
             z = torch.bmm(self.attn_dropout(pattern).reshape(B * Hkv, G * T, Tk),
@@ -338,8 +344,9 @@ class GPT(HookedModule):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """Token ids ``[B, T]`` -> logits ``[B, T, vocab_size]``.
+    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
+        """Token ids ``[B, T]`` -> logits ``[B, T, vocab_size]`` (``[B, 1, vocab_size]``, the last
+        position's, with ``last_only``: what generation needs, without T - 1 unembeddings).
 
         With ``kv_cache`` the ids are the *new* positions after ``kv_cache.length`` cached ones;
         the cache is extended in place. The total length may not exceed ``block_size``.
@@ -367,7 +374,10 @@ class GPT(HookedModule):
         x = self.drop(x)
         for l, block in enumerate(self.blocks):
             x = block(x, rope, kv_cache=kv_cache, layer=l)
-        return self.lm_head(self.ln_final(x))                                   # (B, T, V)
+        x = self.ln_final(x)  # every position, so its hooks see them all
+        if last_only and kv_cache is not None and kv_cache.unembed_t is not None:
+            return x[:, -1:] @ kv_cache.unembed_t                               # (B, 1, V)
+        return self.lm_head(x[:, -1:] if last_only else x)                      # (B, T, V)
 
     # -- weights ---------------------------------------------------------------------------
 

@@ -212,6 +212,19 @@ def test_kv_cache_forward_matches_full_forward(model, idx):
     assert c["pattern", 0].shape == (B, CFG.n_head, 1, 7)
 
 
+
+def test_last_only_and_the_unembedding_copy_give_the_last_rows_logits(model, idx):
+    with torch.no_grad():
+        full = model(idx)
+        torch.testing.assert_close(model(idx, last_only=True), full[:, -1:], atol=1e-6, rtol=1e-6)
+        kv = lm_core.KVCache(unembed_t=model.lm_head.weight.t().contiguous())
+        prefill = model(idx[:, :5], kv_cache=kv, last_only=True)
+        step, cache = model.run_with_cache(idx[:, 5:6], kv_cache=kv, last_only=True)
+    assert prefill.shape == (B, 1, CFG.vocab_size)
+    torch.testing.assert_close(prefill, full[:, 4:5], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(step, full[:, 5:6], atol=1e-5, rtol=1e-5)
+    assert cache["ln_final.hook_normalized"].shape[1] == 1 and kv.length == 6
+
 def test_training_mode_dropout_and_gradients():
     cfg = ModelConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.5)
     m = GPT(cfg).train()
