@@ -23,7 +23,6 @@ from lm_core.runtime import freeze_startup_objects, set_serving_threads, tune_al
 tune_allocator()  # keep freed activation memory: full captures ~1.2x a plain forward instead of ~1.6x
 set_serving_threads()  # one torch thread per request: sessions share the cores (lm_core.runtime)
 freeze_startup_objects()  # the modules loaded so far are never garbage: full collections skip them
-warm_imports()  # what the first Start would import while someone waits (torch._dynamo, ~2 s)
 
 st.set_page_config(page_title="LM Lens", page_icon=":material/neurology:", layout="wide",
                    initial_sidebar_state="expanded")
@@ -38,3 +37,6 @@ export_slot = active.sidebar()
 active.fallback_notice()
 page.run()
 active.export_controls(export_slot, page.title)  # after the page: it offers what the page drew
+# what the first Start would import while someone waits (torch._dynamo, ~2 s of Python): begun
+# after the first page is drawn, so it does not hold up that page
+warm_imports()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 
@@ -424,7 +425,11 @@ def _run_id(corpus_name: str) -> str:
     return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _start(mc: lm_core.ModelConfig, train_over: dict, name: str | None = None, ft: dict | None = None) -> bool:
+PREPARING = "Preparing the run (tokenizer, model, first checkpoint)…"
+
+
+def _start(mc: lm_core.ModelConfig, train_over: dict, name: str | None = None, ft: dict | None = None,
+           note=None) -> bool:
     """Start a run (its folder named after ``name``, else the corpus; ``ft``: fine-tune a pretrained
     model, ``init_from`` / ``revision`` / ``freeze``); True when it started (else a message says why)."""
     cur = state.corpus()
@@ -451,9 +456,15 @@ def _start(mc: lm_core.ModelConfig, train_over: dict, name: str | None = None, f
                            model_config=trainer.model.config, train_config=trainer.config)
 
     what = (f"Loading {ft['init_from']} (a hub model downloads once: GPT-2 small is about 550 MB) and preparing "
-            f"the run…" if ft else "Preparing the run (tokenizer, model, first checkpoint)…")
+            f"the run…" if ft else PREPARING)
+    # said at once, in the live view's own words, while the run folder is written; the page is
+    # redrawn with the live view when the run has started
+    if note is None:
+        note = st.empty()
+    note.progress(0.0, text=f"**starting** · {what}")
     try:
-        with st.spinner(what):
+        # a hub model may take a minute to download: something moves meanwhile
+        with st.spinner("Downloading or loading the pretrained model…") if ft else contextlib.nullcontext():
             reg.start(run_id, make, owner=ui.browser_id())
         state.put(state.TRAIN_NOTICE, f"Started run '{run_id}'. Pick it in the sidebar to inspect the "
                                       f"model while it learns.")
@@ -464,6 +475,7 @@ def _start(mc: lm_core.ModelConfig, train_over: dict, name: str | None = None, f
         ui.show_problem(e, "Change the settings or the corpus and press Start training again.")
     except OSError as e:
         ui.show_problem(e, f"Could not write the run folder under {runs_root()}; check that it is writable.")
+    note.empty()  # it did not start (said above); on a start the note stays until the page is redrawn
     return False
 
 
@@ -581,7 +593,7 @@ def layout_box() -> None:
                              "reload to extend it.")
 
 
-def controls(mc, train_over, ft) -> None:
+def controls(mc, train_over, ft, box_note=None) -> None:
     st.subheader("4 · Run")
     status = job.status if job is not None else "idle"
     st.session_state[state.TRAIN_PAGE_STATUS] = status  # the live view reruns the page when it changes
@@ -598,8 +610,9 @@ def controls(mc, train_over, ft) -> None:
                                                             "It was started from another browser."))
     start_induction = st.session_state.pop(state.TRAIN_START_INDUCTION, False) and not active
     demo = st.session_state.pop(state.TRAIN_START_DEMO, None) if not active else None
-    if (start or start_induction or demo) and mc is not None and _start(mc, train_over, name=demo,
-                                                                          ft=None if demo or start_induction else ft):
+    if (start or start_induction or demo) and mc is not None and _start(
+            mc, train_over, name=demo, ft=None if demo or start_induction else ft,
+            note=box_note if start_induction or demo else None):
         st.rerun()
     action, wanted = (("pause", ("paused",)) if pause else ("resume", ("running",)) if resume
                       else ("stop", ("stopping", "stopped", "finished")) if stop else (None, ()))
@@ -687,11 +700,15 @@ if active:
 induction_box()
 overfit_box()
 layout_box()
+# a box above was pressed: say "starting" right under it, before the settings below are drawn
+box_note = st.empty()
+if not active and (st.session_state.get(state.TRAIN_START_INDUCTION) or st.session_state.get(state.TRAIN_START_DEMO)):
+    box_note.progress(0.0, text=f"**starting** · {PREPARING}")
 with st.expander("Set up a new run", expanded=not active):
     corpus_section()
     tokenizer_section()
     mc, train_over, ft = settings_section()
-controls(mc, train_over, ft)
+controls(mc, train_over, ft, box_note)
 st.divider()
 if job is not None:
     st.subheader("Live view" if active else f"Last run: {job.run_id}")
