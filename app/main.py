@@ -35,8 +35,10 @@ PAGES = [st.Page(p.file, title=p.title, icon=p.icon, url_path=p.url, default=p.d
 page = st.navigation(PAGES)
 export_slot = active.sidebar()
 active.fallback_notice()
-page.run()
-active.export_controls(export_slot, page.title)  # after the page: it offers what the page drew
-# what the first Start would import while someone waits (torch._dynamo, ~2 s of Python): begun
-# after the first page is drawn, so it does not hold up that page
-warm_imports()
+try:
+    page.run()
+    active.export_controls(export_slot, page.title)  # after the page: it offers what the page drew
+finally:  # also when the page stops early (st.stop) or reruns
+    # what the first Start would import while someone waits (torch._dynamo, ~2 s of Python): begun
+    # after the first page is drawn, so it does not hold up that page
+    warm_imports()
