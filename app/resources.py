@@ -83,8 +83,9 @@ def pretrained_model(name: str, revision: str | None = None) -> LoadedModel:
 @st.cache_resource
 def hub_jobs() -> HubJobs:
     """The server's hub downloads and checkpoint sweeps, shared by every session (each session
-    joins a job under its own id; see ``core/hubjobs.py``), with the head scores of each checkpoint."""
-    return HubJobs()
+    joins a job under its own id; see ``core/hubjobs.py``), with the head scores of each checkpoint
+    (kept under the cache folder, ``LM_LENS_CACHE``)."""
+    return HubJobs(scores_dir=corpora.default_cache_dir() / "hub_head_scores")
 
 
 @st.cache_resource

@@ -6,23 +6,31 @@ what it fetches (``("download", name, revision)``, ``("sweep", name, revisions)`
 asking for the same model share one download. Each session joins a job under its own id;
 "Cancel" takes that session out, and the job stops only when no session is left waiting for it,
 so one session never cancels another's download. Head scores of each checkpoint are kept in a
-:class:`RevisionScores` store keyed by (model, revision): a sweep never scores one twice.
+:class:`RevisionScores` store keyed by (model, revision), on disk under the cache folder for the
+server: a sweep never scores one twice, also after a restart.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lm_core import hub
+from lm_core.atomic import atomic_write_bytes
 from lm_core.checkpoints import load_revision
 
 from . import circuits
+
+log = logging.getLogger(__name__)
 
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
 
@@ -121,19 +129,61 @@ class HubJob:
         self._thread.join(timeout)
 
 
-class RevisionScores:
-    """Head scores of hub checkpoints, keyed by (model name, revision): shared, bounded, thread-safe."""
+SCORES_FORMAT = 1  # bump when the probe or the metrics change: older files are then not read
 
-    def __init__(self, max_entries: int = 512):
+
+class RevisionScores:
+    """Head scores of hub checkpoints, keyed by (model name, revision): shared, bounded, thread-safe.
+
+    With ``folder`` each checkpoint's scores are also kept on disk as JSON (one file per model
+    and revision), so a server restart does not score a checkpoint again: a hub revision's
+    weights never change. A file that cannot be read or written is only a cache miss.
+    """
+
+    def __init__(self, max_entries: int = 512, folder: Path | None = None):
         self._lock = threading.Lock()
         self._d: OrderedDict[tuple[str, str], dict[str, np.ndarray]] = OrderedDict()
         self._max = max_entries
+        self._folder = folder
+
+    def _file(self, name: str, revision: str) -> Path | None:
+        if self._folder is None:
+            return None
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "--", f"{name}@{revision}")
+        return self._folder / f"{safe}.json"
 
     def get(self, name: str, revision: str) -> dict[str, np.ndarray] | None:
         with self._lock:
-            return self._d.get((name, revision))
+            got = self._d.get((name, revision))
+        if got is not None:
+            return got
+        path = self._file(name, revision)
+        if path is None or not path.exists():
+            return None
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            if d.get("format") != SCORES_FORMAT or d.get("name") != name or d.get("revision") != revision:
+                return None
+            scores = {k: np.asarray(v, dtype=np.float32) for k, v in d["scores"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("head scores in %s not read (%s); they will be computed again", path, e)
+            return None
+        self._remember(name, revision, scores)
+        return scores
 
     def put(self, name: str, revision: str, scores: dict[str, np.ndarray]) -> None:
+        self._remember(name, revision, scores)
+        path = self._file(name, revision)
+        if path is None:
+            return
+        doc = {"format": SCORES_FORMAT, "name": name, "revision": revision,
+               "scores": {k: np.asarray(v, dtype=np.float32).tolist() for k, v in scores.items()}}
+        try:
+            atomic_write_bytes(path, json.dumps(doc).encode("utf-8"), fsync=False)
+        except OSError as e:
+            log.warning("head scores not kept on disk at %s (%s); they stay in memory", path, e)
+
+    def _remember(self, name: str, revision: str, scores: dict[str, np.ndarray]) -> None:
         with self._lock:
             self._d[(name, revision)] = scores
             self._d.move_to_end((name, revision))
@@ -169,11 +219,11 @@ def sweep_frame(name: str, revisions: Sequence[str], store: RevisionScores):
 class HubJobs:
     """The server's downloads and sweeps (see the module docstring). Thread-safe."""
 
-    def __init__(self, max_kept: int = 32):
+    def __init__(self, max_kept: int = 32, scores_dir: Path | None = None):
         self._lock = threading.Lock()
         self._jobs: OrderedDict[tuple, HubJob] = OrderedDict()
         self._max_kept = max_kept
-        self.scores = RevisionScores()
+        self.scores = RevisionScores(folder=scores_dir)  # on disk too when scores_dir is given
 
     def _join(self, key: tuple, who: str, make: Callable[[], HubJob]) -> HubJob:
         with self._lock:

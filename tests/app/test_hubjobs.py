@@ -4,6 +4,7 @@ and the picker's facts and card; against the fake hub of ``tests/fakehub.py`` (n
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -139,3 +140,38 @@ def test_picker_facts_for_the_catalog_a_folder_and_a_hub_name(hub, tmp_path):
     assert "nothing to download" in picker.card(picker.model_facts(str(folder)), 50e9, folder=True).size
     with pytest.raises(ValueError, match="type a hub name"):
         picker.model_facts(" ")
+
+
+def test_checkpoint_scores_survive_a_server_restart_on_disk(hub, tmp_path):
+    folder = tmp_path / "scores"
+    first = HubJobs(scores_dir=folder)
+    try:
+        assert _wait(first.sweep(PYTHIA, ["step0", "step8"], "tab-a"), 120).status == DONE
+    finally:
+        first.stop_all()
+    assert len(list(folder.glob("*.json"))) == 2
+    restarted = HubJobs(scores_dir=folder)  # a new server process: nothing in memory
+    try:
+        fetched = len(hub.paths("GET"))
+        assert _wait(restarted.sweep(PYTHIA, ["step0", "step8"], "tab-b"), 120).status == DONE
+        assert hub.paths("GET")[fetched:] == []  # nothing downloaded or scored again
+        for rev in ("step0", "step8"):
+            np.testing.assert_array_equal(restarted.scores.get(PYTHIA, rev)["induction"],
+                                          first.scores.get(PYTHIA, rev)["induction"])
+    finally:
+        restarted.stop_all()
+
+
+def test_an_unreadable_or_older_scores_file_is_only_a_cache_miss(tmp_path):
+    store = hubjobs.RevisionScores(folder=tmp_path)
+    scores = {"induction": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    store.put("org/model", "step8", scores)
+    (path,) = tmp_path.glob("*.json")
+    again = hubjobs.RevisionScores(folder=tmp_path)
+    np.testing.assert_array_equal(again.get("org/model", "step8")["induction"], scores["induction"])
+    assert again.get("org/model", "step9") is None
+    path.write_text("{not json")
+    assert hubjobs.RevisionScores(folder=tmp_path).get("org/model", "step8") is None
+    path.write_text(json.dumps({"format": hubjobs.SCORES_FORMAT - 1, "name": "org/model", "revision": "step8",
+                                "scores": {"induction": [[0.0]]}}))
+    assert hubjobs.RevisionScores(folder=tmp_path).get("org/model", "step8") is None
