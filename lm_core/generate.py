@@ -96,6 +96,8 @@ def _draw(sample_probs: torch.Tensor, gen: torch.Generator) -> int:
     # the whole vocabulary's in float64.
     u = torch.rand((), generator=gen, dtype=torch.float64)
     support = torch.nonzero(sample_probs > 0).flatten()
+    if support.numel() == 0:  # NaN everywhere (a diverged model): the last id, as the full CDF gave;
+        return sample_probs.numel() - 1  # the trainer reports the divergence, a sample must not crash
     cdf = torch.cumsum(sample_probs[support].double(), dim=0)
     j = int(torch.searchsorted(cdf, u * cdf[-1], right=True))
     return int(support[min(j, support.numel() - 1)])
