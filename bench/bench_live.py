@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 from tests.app.test_browser import (  # noqa: E402  (the browser test's helpers: one place for them)
     CHROMIUM,
     CHROMIUM_ARGS,
+    IDLE_JS,
     free_port,
     open_page,
     progress_text,
@@ -102,8 +103,6 @@ def wait_status(page, word: str, timeout_s: float = 600) -> float:
 INPUT_CLOCK = ("() => { if (window.__lmInput === undefined) { window.__lmInput = null; const f = () => "
                "{ window.__lmInput = performance.now(); }; document.addEventListener('mousedown', f, true); "
                "document.addEventListener('keydown', f, true); } }")
-IDLE = ("() => !document.querySelector('[data-testid=\"stStatusWidget\"]') || "
-        "!document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')")
 PROGRESS_SAYS = ("[...document.querySelectorAll('[data-testid=\"stProgress\"]{extra}')]"
                  ".some(e => {test}.test(e.innerText))")
 
@@ -131,24 +130,35 @@ def parse_eta(text: str) -> float | None:
     return 3600 * int(m.group(2) or 0) + 60 * int(m.group(4) or 0) + float(m.group(5))
 
 
+def _processes():
+    """(pid, command line) of every process this user can see."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            yield pid, Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+
+
+def _is_server(cmd: str, port: int) -> bool:
+    return "streamlit" in cmd and f"--server.port {port}" in cmd
+
+
 def cpu_seconds(port: int) -> dict[str, float]:
     """CPU seconds used so far by the streamlit server on ``port`` and by every Chromium process:
     where a round's work went (the server's Python, or the browsers drawing)."""
     out = {"server": 0.0, "browser": 0.0}
     tick = os.sysconf("SC_CLK_TCK")
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
+    for pid, cmd in _processes():
+        who = "server" if _is_server(cmd, port) else "browser" if "chrom" in cmd.split(" ", 1)[0] else None
+        if who is None:
             continue
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        used = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-        if "streamlit" in cmd and f"--server.port {port}" in cmd:
-            out["server"] += used
-        elif "chrom" in cmd.split(" ", 1)[0]:
-            out["browser"] += used
+        out[who] += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
     return out
 
 
@@ -159,14 +169,8 @@ def per_press(before: dict[str, float], after: dict[str, float], presses: int) -
 def server_rss_mb(port: int) -> float | None:
     """Resident memory of the streamlit process serving ``port`` (and its children), MB."""
     total, found = 0, False
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "streamlit" in cmd and f"--server.port {port}" in cmd:
+    for pid, cmd in _processes():
+        if _is_server(cmd, port):
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
@@ -388,7 +392,7 @@ async def sessions(args) -> None:
                 async def open_generate(pg):
                     await pg.goto(f"{url}/generate", wait_until="domcontentloaded")
                     await pg.get_by_role("button", name="Next token", exact=True).wait_for()
-                    await pg.wait_for_function(IDLE, timeout=120_000, polling=200)  # drawn, as a person sees it
+                    await pg.wait_for_function(IDLE_JS, timeout=120_000, polling=200)  # drawn, as a person sees it
 
                 await asyncio.gather(*(open_generate(pg) for pg in pages))
                 await asyncio.sleep(1)

@@ -114,12 +114,14 @@ def browser_page(width: int = 1400, height: int = 1000):
 # -- page helpers (shared with bench/bench_ui.py) ----------------------------------------------------
 
 
+# true when Streamlit reports no script run in progress (also used by bench/bench_live.py)
+IDLE_JS = ("() => !document.querySelector('[data-testid=\"stStatusWidget\"]') || "
+           "!document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')")
+
+
 def wait_idle(page, timeout: float = 30.0) -> None:
     """Wait until Streamlit reports no script run in progress."""
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]') || "
-        "!document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
-        timeout=timeout * 1000)
+    page.wait_for_function(IDLE_JS, timeout=timeout * 1000)
 
 
 def open_page(page, url: str, charts: bool = True) -> None:
