@@ -68,7 +68,7 @@ mode = c1.radio("Ablation", ["zero", "mean"], key=state.ABL_MODE, horizontal=Tru
                      "keeps the average signal.")
 c2.pills("MLPs switched off", list(range(L)), selection_mode="multi", key=state.ABL_MLPS,
          format_func=lambda l: f"MLP {l}", help="Switch off a whole layer's MLP.")
-c3.button("Switch all back on", key="abl_btn_reset", on_click=_reset, icon=":material/restart_alt:")
+c3.button("Switch all back on", key="abl_btn_reset", wrap=True, on_click=_reset, icon=":material/restart_alt:")
 st.multiselect("Heads switched off", all_heads, key=state.ABL_HEADS,
                help="Or click the cells of the grid below.", placeholder="none: click heads in the grid")
 

@@ -126,10 +126,10 @@ pred = resources.compare_predictions(lm_a.key, lm_b.key, tuple(enc.ids), _model_
 if T < 2:
     st.info("Type at least two tokens to compare how well A and B predict the text.", icon=":material/info:")
     st.stop()
-m1, m2, _ = st.columns([1, 1, 2])
-m1.metric(f"Loss on this text, {name_a}", f"{pred['loss_a']:.4f}")
+m = st.container(horizontal=True)  # each metric as wide as its label: none is cut
+m.metric(f"Loss on this text, {name_a}", f"{pred['loss_a']:.4f}", width="content")
 diff = pred["loss_b"] - pred["loss_a"]
-m2.metric(f"Loss on this text, {name_b}", f"{pred['loss_b']:.4f}",
+m.metric(f"Loss on this text, {name_b}", f"{pred['loss_b']:.4f}", width="content",
           delta=f"{diff:+.4f}" if abs(diff) >= 5e-5 else None,  # equal sides: no red "↑ +0.0000"
           delta_color="inverse", help="Mean cross-entropy of each next token, nats; the delta is B − A.")
 if ss.get(state.CMP_POS) not in range(T - 1):

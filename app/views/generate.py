@@ -54,10 +54,10 @@ seed = c[4].number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=s
                          help="Same seed and settings → same tokens.")
 settings = generation.sampling_settings(temperature, top_k, top_p, seed)
 
-b1, b2, b3, _ = st.columns([1, 1, 1, 4])
-do_generate = b1.button("Generate", type="primary", icon=":material/play_arrow:", key="gen_btn_generate")
-do_next = b2.button("Next token", icon=":material/skip_next:", key="gen_btn_next")
-do_clear = b3.button("Clear", icon=":material/delete_sweep:", key="gen_btn_clear")
+row = st.container(horizontal=True)  # buttons as wide as their labels: a label is never cut
+do_generate = row.button("Generate", type="primary", icon=":material/play_arrow:", key="gen_btn_generate")
+do_next = row.button("Next token", icon=":material/skip_next:", key="gen_btn_next")
+do_clear = row.button("Clear", icon=":material/delete_sweep:", key="gen_btn_clear")
 
 try:
     if do_clear:
@@ -188,7 +188,7 @@ with left:
         pick = bc1.selectbox("Continue from candidate", others, key=state.GEN_BRANCH_PICK,
                              format_func=lambda i: f"#{i + 1} {figures.visible(cand_pieces[i])} "
                                                    f"(p={rec.top_before[i]:.3f})")
-        bc2.button("Branch here", icon=":material/call_split:", key="gen_btn_branch",
+        bc2.button("Branch here", wrap=True, icon=":material/call_split:", key="gen_btn_branch",
                    on_click=_branch, args=(at - 1, int(rec.top_ids[pick])))
     cand_df = pd.DataFrame({"rank": np.arange(1, len(cand_pieces) + 1), "token_id": rec.top_ids,
                             "piece": cand_pieces, "p_model": rec.top_before, "p_sampled": rec.top_after,

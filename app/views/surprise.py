@@ -42,12 +42,12 @@ else:
 
 
 def totals(s, where) -> None:
-    c = where.columns(3)
-    c[0].metric("Total surprise", f"{s.total_nats:,.1f} nats", help=f"= {s.total_bits:,.1f} bits, summed over the "
+    row = where.container(horizontal=True)  # each metric as wide as its text: none is cut
+    row.metric("Total surprise (nats)", f"{s.total_nats:,.1f}", width="content", help=f"= {s.total_bits:,.1f} bits, summed over the "
                 f"{len(s.losses)} predicted tokens (the first token has nothing before it).")
-    c[1].metric("Loss (mean)", f"{s.mean_nats:.3f} nats/token",
+    row.metric("Loss (nats/token)", f"{s.mean_nats:.3f}", width="content",
                 help="The number on the training chart: the mean over the predicted tokens.")
-    c[2].metric("Bits per character", f"{s.bits_per_char:.3f}",
+    row.metric("Bits per character", f"{s.bits_per_char:.3f}", width="content",
                 help="Mean loss / ln 2 × tokens per character: comparable across tokenizers.")
 
 

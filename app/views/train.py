@@ -515,7 +515,7 @@ def induction_box() -> None:
     a.markdown(f"**Watch an induction head form.** One click trains the `{INDUCTION_PRESET}` preset: "
                f"{PRESETS[INDUCTION_PRESET].description}. The *Circuits* panel of the live view shows every head's "
                f"induction score as it rises, and the loss curve marks the step where one forms.")
-    b.button("Train an induction model", key="train_btn_induction", icon=":material/bolt:", on_click=_fill_induction,
+    b.button("Train an induction model", key="train_btn_induction", wrap=True, icon=":material/bolt:", on_click=_fill_induction,
              disabled=active, help="Fills the settings with the 'induction' preset and starts training.")
     problem = st.session_state.pop(state.TRAIN_INDUCTION_PROBLEM, None)
     if problem:
@@ -537,10 +537,10 @@ def overfit_box() -> None:
     a.markdown(f"**Watch a model over-fit.** First, the `{lessons.OVERFIT_PRESET}` preset: "
                f"{PRESETS[lessons.OVERFIT_PRESET].description}. Then the same model with "
                f"`{lessons.CURED_PRESET}`: dropout 0.3 and early stopping. The chart below overlays both.")
-    b.button("1 · Train a model that over-fits", key="train_btn_overfit", icon=":material/trending_up:",
+    b.button("1 · Train a model that over-fits", key="train_btn_overfit", wrap=True, icon=":material/trending_up:",
              on_click=_fill_demo, args=(lessons.OVERFIT_PRESET,), disabled=active,
              help="Fills the settings with the 'overfit' preset and starts training (about 30–60 s).")
-    b.button("2 · Train it with dropout + early stopping", key="train_btn_overfit_cured", icon=":material/healing:",
+    b.button("2 · Train it with dropout + early stopping", key="train_btn_overfit_cured", wrap=True, icon=":material/healing:",
              on_click=_fill_demo, args=(lessons.CURED_PRESET,), disabled=active or not overfit_done,
              help="Enabled once the first run has ended: the same model and text, with the two remedies.")
     problem = st.session_state.pop(state.TRAIN_DEMO_PROBLEM, None)
@@ -575,7 +575,7 @@ def layout_box() -> None:
                f"Llama rotates q and k by an angle. Train one, then the other; then pick one for each side of the "
                f"*Compare* page: their attention, their predictions and their position signals side by side.")
     for i, (name, label) in enumerate(zip(LAYOUT_PRESETS, ("GPT-2 layout", "Llama layout"))):
-        b.button(f"{i + 1} · Train the {label}", key=f"train_btn_layout_{i}", icon=":material/compare_arrows:",
+        b.button(f"{i + 1} · Train the {label}", key=f"train_btn_layout_{i}", wrap=True, icon=":material/compare_arrows:",
                  on_click=_fill_layout, args=(name,), disabled=active,
                  help=f"Fills the settings with the '{name}' preset and Tiny Shakespeare and starts training: "
                       f"2,000 steps, about a minute on 2 quiet CPU cores (24k and 21k tokens/s measured).")
@@ -598,15 +598,15 @@ def controls(mc, train_over, ft, box_note=None) -> None:
     status = job.status if job is not None else "idle"
     st.session_state[state.TRAIN_PAGE_STATUS] = status  # the live view reruns the page when it changes
     mine = job is None or job.may_control(ui.browser_id())
-    c = st.columns([1.3, 1, 1, 1, 3])
-    start = c[0].button("Start training", type="primary", icon=":material/play_arrow:", key="train_btn_start",
+    c = st.container(horizontal=True, vertical_alignment="center")  # buttons as wide as their labels
+    start = c.button("Start training", type="primary", icon=":material/play_arrow:", key="train_btn_start",
                         disabled=active or mc is None)
-    pause = c[1].button("Pause", icon=":material/pause:", key="train_btn_pause", disabled=status != "running" or not mine)
-    resume = c[2].button("Resume", icon=":material/resume:", key="train_btn_resume", disabled=status != "paused" or not mine)
-    stop = c[3].button("Stop", icon=":material/stop:", key="train_btn_stop",
+    pause = c.button("Pause", icon=":material/pause:", key="train_btn_pause", disabled=status != "running" or not mine)
+    resume = c.button("Resume", icon=":material/resume:", key="train_btn_resume", disabled=status != "paused" or not mine)
+    stop = c.button("Stop", icon=":material/stop:", key="train_btn_stop",
                        disabled=not active or status == "stopping" or not mine)
     if active:
-        c[4].caption(f"Run **{job.run_id}** is {status}. " + ("Stop it to start another." if mine else
+        c.caption(f"Run **{job.run_id}** is {status}. " + ("Stop it to start another." if mine else
                                                             "It was started from another browser."))
     start_induction = st.session_state.pop(state.TRAIN_START_INDUCTION, False) and not active
     demo = st.session_state.pop(state.TRAIN_START_DEMO, None) if not active else None

@@ -129,7 +129,7 @@ def history_metrics(hist: pd.DataFrame) -> None:
 
     val = hist["val_loss"].dropna() if "val_loss" in hist else []
     bpc = hist["val_bpc"].dropna() if "val_bpc" in hist else []
-    k = st.columns(5)
+    k = [st.container(horizontal=True)] * 5  # a row that wraps before it cuts a label
     tl, gn = num(last.get("train_loss")), num(last.get("grad_norm"))
     tps = wall_tokens_per_s(hist)
     k[0].metric("Train loss", f"{tl:.3f}" if tl is not None else "–")

@@ -187,6 +187,25 @@ def progress_text(page) -> str:
     return loc.first.inner_text() if loc.count() else ""
 
 
+# every text Streamlit shortens with an ellipsis because it does not fit (button labels, metric
+# labels and values, select boxes): the text and its full and visible widths
+CUT_JS = """() => [...document.querySelectorAll('*')].filter(e => e.offsetParent !== null && e.clientWidth > 0
+    && e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).textOverflow === 'ellipsis')
+    .map(e => `${(e.innerText || '').trim()} [${e.scrollWidth} > ${e.clientWidth} px]`)"""
+NARROW = 1100  # a small laptop's browser window: names must fit here too
+
+
+def cut_texts(page, width: int = NARROW) -> list[str]:
+    """The texts shortened with an ellipsis when the window is ``width`` px wide."""
+    size = page.viewport_size
+    page.set_viewport_size({"width": width, "height": size["height"]})
+    settle(page, quiet_ms=300)
+    try:
+        return page.evaluate(CUT_JS)
+    finally:
+        page.set_viewport_size(size)
+
+
 def commit_text_area(page, label: str, text: str) -> None:
     box = page.get_by_role("textbox", name=label, exact=True)
     box.fill(text)
@@ -212,6 +231,7 @@ def test_app_in_chromium(tmp_path):
             name = spec.url
             open_page(page, f"{url}/{'' if spec.default else name}", charts=name not in ("generate", "train"))
             assert not exceptions(page), (name, exceptions(page))
+            assert not cut_texts(page), (name, cut_texts(page))  # names are never cut
             if name != "train":
                 shoot(page, SHOTS / f"{name}.png")
 
@@ -296,6 +316,7 @@ def test_app_in_chromium(tmp_path):
             page.wait_for_function(f"() => document.querySelectorAll('.lm-gen').length === {n}", timeout=30_000)
         page.wait_for_selector(".js-plotly-plot")
         settle(page)
+        assert not cut_texts(page), cut_texts(page)
         shoot(page, SHOTS / "generate.png")
         # clicking another candidate branches: the chosen token is marked, generation goes on from it
         other = page.evaluate("() => document.querySelector('.js-plotly-plot').data[1].marker.color"
