@@ -39,6 +39,6 @@ try:
     page.run()
     active.export_controls(export_slot, page.title)  # after the page: it offers what the page drew
 finally:  # also when the page stops early (st.stop) or reruns
-    # what the first Start would import while someone waits (torch._dynamo, ~2 s of Python): begun
-    # after the first page is drawn, so it does not hold up that page
+    # what the Train page's step-time estimate would import while someone waits (torch._dynamo,
+    # ~1-2 s of Python): begun after the first page is drawn, so it does not hold up that page
     warm_imports()

@@ -94,9 +94,11 @@ _warming = None
 
 
 def warm_imports() -> bool:
-    """Import, in a background thread, what the first training run would otherwise import while a
-    person waits: every torch optimizer imports ``torch._dynamo`` the first time one is built
-    (~2 s on a small CPU). For a server; once per process. Returns True the first time."""
+    """Import, in a background thread, what a server would otherwise import while a person waits:
+    every torch optimizer imports ``torch._dynamo`` the first time one is built (~1-2 s on a small
+    CPU), e.g. to measure a training step's time. (Writing a run folder builds none: a Trainer
+    builds its optimizer at the first step.) For a server; once per process. Returns True the
+    first time."""
     global _warming
     if _warming is not None:
         return False

@@ -134,13 +134,18 @@ def is_oom(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
+def optimizer_params(model: GPT) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """The trained parameters, (decayed, not decayed): matrices and embeddings, then the rest.
+    Their concatenation is the order of the optimizer's saved state."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
+
+
 def make_optimizer(model: GPT, tc: TrainConfig, device: torch.device
                    ) -> tuple[torch.optim.AdamW, list[torch.nn.Parameter]]:
     """AdamW with weight decay on matrices and embeddings only; returns it and its flat parameter
     order (the order of its saved state)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    decay, no_decay = optimizer_params(model)
     # fused AdamW (CPU and CUDA) is one kernel over all tensors: ~4x faster than the loop
     extra = {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
@@ -177,7 +182,11 @@ class Stepper:
         self.amp_dtype = autocast_dtype(tc.precision, device)
         self.frozen = apply_freeze(model, tc.freeze)  # before DDP and the optimizer see the parameters
         self.net = ranks.wrap(model)
-        self.optimizer, self.params = make_optimizer(model, tc, device)
+        decay, no_decay = optimizer_params(model)
+        self.params = decay + no_decay  # the order of the optimizer's saved state
+        # built at the first step or checkpoint: the first optimizer a process builds imports
+        # torch._dynamo (~1 s), which a process that only writes a run folder (the app) never needs
+        self._optimizer: torch.optim.AdamW | None = None
         named = dict(model.named_parameters())
         self.groups = {g: [named[n] for n in names] for g, names in layer_groups(model).items()}
         self.step = 0                 # optimizer updates done
@@ -188,6 +197,17 @@ class Stepper:
         self.last_loss: float | None = None
         self.win_tokens, self.win_time = 0, 0.0          # since the last history row
         self.session_steps, self.session_time = 0, 0.0  # since this process started: for the ETA
+
+    @property
+    def optimizer(self) -> torch.optim.AdamW:
+        if self._optimizer is None:
+            self._optimizer, _ = make_optimizer(self.model, self.tc, self.device)
+        return self._optimizer
+
+    def optimizer_state(self) -> dict[int, dict[str, Any]]:
+        """The optimizer's per-parameter state, as a checkpoint saves it ({} before it is built: a
+        fresh optimizer has none)."""
+        return self._optimizer.state_dict()["state"] if self._optimizer is not None else {}
 
     def lr_at(self, step: int) -> float:
         return lr_at(self.tc, step, self.schedule_elapsed)

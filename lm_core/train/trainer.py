@@ -217,7 +217,7 @@ class Trainer:
               "best_val_loss": finite_or_none(self.best_val_loss), "best_step": self.best_step,
               "evals_since_best": self._evals_since_best, "last_finite_loss": self.last_finite_loss,
               "world_size": self.world_size, "n_params": len(self.stepper.params)}
-        self.folder.save_checkpoint(weights, self.optimizer.state_dict()["state"], st, self.record,
+        self.folder.save_checkpoint(weights, self.stepper.optimizer_state(), st, self.record,
                                     self._run_config(state, **status))
 
     def save_checkpoint(self) -> None:

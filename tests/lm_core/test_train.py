@@ -505,3 +505,25 @@ def test_recipe_keeps_a_pasted_text_with_its_run_and_resumes_it(tmp_path):
         build_trainer(None, "char", model_overrides={**model, "n_embd": 15}, run_dir=tmp_path / "bad",
                       corpus_text=TEXT)
     assert not (tmp_path / "bad").exists()
+
+
+def test_writing_a_run_folder_builds_no_optimizer_and_the_run_then_resumes(tmp_path):
+    """A process that only writes a run folder (the app, before its training process starts)
+    never builds the optimizer, so it never pays torch's first-optimizer import of torch._dynamo;
+    the folder's first checkpoint has no optimizer state, and resuming it trains."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    code = ("import sys; from lm_core.recipes import build_trainer; "
+            f"build_trainer('synthetic:induction', 'char', run_dir={str(run)!r}, "
+            "model_overrides=dict(n_layer=1, n_head=2, n_embd=16, block_size=16), "
+            "train_overrides=dict(batch_size=4, max_steps=3, eval_interval=3, eval_iters=1)); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    t = Trainer.from_run(run)
+    t.run()
+    assert t.step_count == 3 and len(t.optimizer.state) > 0
