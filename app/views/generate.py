@@ -119,6 +119,8 @@ st.html("<style>.lm-out{font-family:ui-monospace,Menlo,monospace;font-size:14px;
         f'<div class="lm-out"><span class="lm-p">{prompt_text}</span>{"".join(chips)}</div>')
 st.caption(f"{len(trace.steps)} generated tokens (boxed; branched ones in orange). Generated text: "
            f"`{lm.tokenizer.decode([s.token_id for s in trace.steps])[:200]!r}`")
+if do_next or do_generate:
+    ui.show_now()  # the new token on screen before the charts below are drawn
 
 n = len(trace.steps)
 if not 1 <= int(st.session_state.get(state.GEN_SCRUB) or 0) <= n:

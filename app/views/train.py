@@ -34,7 +34,6 @@ POLL_S = 2.0                # progress and the latest numbers: a few small eleme
 CHARTS_S = 10.0             # the loss and the one chart picked to watch live (history.LIVE_CHARTS)
 MAX_SHARE = 4               # tabs watching one run share one refresh budget, up to this many
 WATCH_WINDOW_S = 2.5 * POLL_S * MAX_SHARE  # a tab that has not polled for this long has gone
-NOTE_FIRST_S = 0.08  # the browser draws what arrived every ~10 ms: a pause this long sends a note on its own
 # No transitions in the live view: an animated progress bar or fade is drawn frame by frame, in
 # software on a machine without a GPU, while the run wants the CPU.
 NO_TRANSITIONS = ("<style>[data-testid=stProgress] *, [data-testid=stElementContainer] "
@@ -705,10 +704,7 @@ layout_box()
 box_note = st.empty()
 if not active and (st.session_state.get(state.TRAIN_START_INDUCTION) or st.session_state.get(state.TRAIN_START_DEMO)):
     box_note.progress(0.0, text=f"**starting** · {PREPARING}")
-    # Let the browser draw the note before the rest of this run arrives: a one-click preset
-    # changes the whole setup section below, and drawing that (~1 s of a small laptop's browser)
-    # in the same batch would hold the note back until it is done.
-    time.sleep(NOTE_FIRST_S)
+    ui.show_now()  # on screen before the setup section below, which a one-click preset changes throughout
 with st.expander("Set up a new run", expanded=not active):
     corpus_section()
     tokenizer_section()
