@@ -47,6 +47,8 @@ ATTN_METRIC = "attn_metric"
 ATTN_QUERY = "attn_query"
 ATTN_TAB = "attn_tab"                  # which tab under the large head: the layer grid or one query everywhere
 ATTN_OVERVIEW = "attn_overview"        # the overview chart's selection event
+ATTN_DRAWN = "attn_drawn"              # (model, token ids) the page last drew: a new text is drawn progressively
+ATTN_SHOW_LARGE = "attn_show_large"    # this run drew a new text: the large head goes to the screen first
 
 PROMPT = "gen_prompt"                  # Generate: "Prompt"
 GEN_TEMPERATURE = "gen_temperature"

@@ -29,6 +29,12 @@ next_pieces = lm.tokenizer.pieces([int(i) for i in ins["next_id"]])
 ui.token_strip(enc.pieces, enc.ids,
                extra=[f"model's next guess: {figures.visible(p)} ({q:.0%})" for p, q in zip(next_pieces, ins["next_p"])])
 st.caption(f"{len(enc.ids)} tokens. Hover a token for its id and the model's guess of the token after it.")
+# a new text: its tokens, then the large head, reach the screen before the rest is drawn
+new_text = st.session_state.get(state.ATTN_DRAWN) != (lm.key, enc.ids)
+st.session_state[state.ATTN_DRAWN] = (lm.key, enc.ids)
+if new_text:
+    ui.show_now()
+st.session_state[state.ATTN_SHOW_LARGE] = new_text
 
 
 def _select_head_from_overview() -> None:
@@ -78,6 +84,8 @@ def head_explorer() -> None:
                  caption="Rows: the query token (reading down the text); columns: the key token it attends to. "
                          "Darker = more attention; each row sums to 1, and nothing right of the diagonal "
                          "(the future) is visible. Hover a cell for both tokens and the weight.")
+    if st.session_state.pop(state.ATTN_SHOW_LARGE, False):  # not when the fragment reruns alone
+        ui.show_now()
     with right:
         scores = ins[f"score/{metric}"]
         ui.chart(figures.head_score_overview(scores, spec.label, selected=(layer, head), zrange=spec.value_range,
