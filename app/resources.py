@@ -84,7 +84,9 @@ def pretrained_model(name: str, revision: str | None = None) -> LoadedModel:
 def hub_jobs() -> HubJobs:
     """The server's hub downloads and checkpoint sweeps, shared by every session (each session
     joins a job under its own id; see ``core/hubjobs.py``), with the head scores of each checkpoint
-    (kept under the cache folder, ``LM_LENS_CACHE``)."""
+    (kept under the cache folder, ``LM_LENS_CACHE``). Downloads come over plain HTTP, where
+    Cancel stops them between two chunks (``lm_core.hub.stoppable_downloads``)."""
+    lm_hub.stoppable_downloads()
     return HubJobs(scores_dir=corpora.default_cache_dir() / "hub_head_scores")
 
 

@@ -12,6 +12,12 @@ tokenizer), one file after another through ``huggingface_hub.hf_hub_download``, 
 
 A cancelled download raises :class:`DownloadCancelled`; huggingface_hub deletes the partial
 file, the files finished before stay in the cache (the next try skips them).
+
+Files the hub keeps in Xet storage download, when ``hf_xet`` is installed, through its own
+transfer engine, which reports progress from Rust threads and is stopped there only by a
+KeyboardInterrupt. A program that offers a Cancel button (the app) calls
+:func:`stoppable_downloads` once: every file then comes over plain HTTP, chunk by chunk, where
+``cancel`` is checked.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from pathlib import Path
 from .pretrained import _hub_unreachable
 
 __all__ = ["DownloadCancelled", "DownloadPlan", "Progress", "cached_snapshot", "download", "endpoint", "fetch_config",
-           "files_to_fetch", "hub_unavailable", "plan"]
+           "files_to_fetch", "hub_unavailable", "plan", "stoppable_downloads"]
 
 _SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 _BIN_SHARD = re.compile(r"pytorch_model-\d+-of-\d+\.bin")
@@ -156,13 +162,28 @@ def _progress_bar(report: Callable[[int, int | None], None], cancel: threading.E
     return Bar
 
 
+def stoppable_downloads() -> bool:
+    """Make this process download every hub file over plain HTTP, where :func:`download` can stop
+    between two chunks, instead of through Xet storage's transfer engine (huggingface_hub's
+    ``HF_HUB_DISABLE_XET``). Left alone when that variable is set in the environment: the person
+    running the program chose. Returns whether downloads are now plain HTTP."""
+    import os
+
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_DISABLE_XET") is None:
+        constants.HF_HUB_DISABLE_XET = True
+    return bool(constants.HF_HUB_DISABLE_XET)
+
+
 def download(name: str, revision: str | None = None, *, on_progress: Callable[[Progress], None] | None = None,
              cancel: threading.Event | None = None) -> Path:
     """Put what loading ``name`` (at ``revision``) needs into the Hugging Face cache, file by
     file, calling ``on_progress`` as bytes arrive; returns the snapshot folder.
 
     Already cached: returns at once, nothing is asked. ``cancel`` set: raises
-    :class:`DownloadCancelled` at the next chunk. Offline, unknown repo or revision, no weights:
+    :class:`DownloadCancelled` at the next chunk (of a plain HTTP download: see
+    :func:`stoppable_downloads`). Offline, unknown repo or revision, no weights:
     ``ValueError`` saying so.
     """
     folder = cached_snapshot(name, revision)

@@ -12,6 +12,10 @@ through ``huggingface_hub``, ``HfApi.model_info`` / ``list_repo_refs``, ``hf_hub
   optional), ``RepoNotFound`` for a repo it does not hold, ``RevisionNotFound`` for an unknown
   branch, and a plain 404 for anything else (``/api/agent-harnesses``, telemetry).
 
+``FakeHub(xet=True)`` marks every file as kept in Xet storage (the ``X-Xet-Hash`` and
+``X-Xet-Refresh-Route`` headers the hub sends for such files), with no Xet service behind it: a
+client that tries Xet's transfer engine fails, one on plain HTTP gets the file.
+
 ``FakeHub.hold`` (an ``Event``, set by default) lets a test stop a download half-way: while it
 is cleared, a file body is sent up to its first ``HOLD_BYTES`` and then waits. :func:`point_hub_at`
 sets ``HF_ENDPOINT`` and a fresh cache, and patches what huggingface_hub and transformers read
@@ -47,9 +51,10 @@ class FakeHub(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, repos: dict[str, dict[str, dict[str, bytes]]]):
+    def __init__(self, repos: dict[str, dict[str, dict[str, bytes]]], xet: bool = False):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.repos = repos
+        self.xet = xet
         self.log: list[tuple[str, str]] = []  # (method, path) of every request
         self.lock = threading.Lock()
         self.hold = threading.Event()
@@ -154,8 +159,10 @@ class _Handler(BaseHTTPRequestHandler):
                         "X-Repo-Commit": commit(repo, rev)})
             return
         data = files[filename]
-        self._send(200, {"X-Repo-Commit": commit(repo, rev), "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
-                         "Content-Type": "application/octet-stream"}, data, body, hold=len(data) > HOLD_BYTES)
+        sha = hashlib.sha256(data).hexdigest()
+        xet = {"X-Xet-Hash": sha, "X-Xet-Refresh-Route": f"/api/models/{repo}/xet-read-token/{rev}"} if srv.xet else {}
+        self._send(200, {"X-Repo-Commit": commit(repo, rev), "ETag": f'"{sha}"',
+                         "Content-Type": "application/octet-stream", **xet}, data, body, hold=len(data) > HOLD_BYTES)
 
 
 @contextlib.contextmanager

@@ -126,3 +126,48 @@ def test_fetch_config_reads_only_the_config(fake, repo):
     assert [q.rsplit("/", 1)[1] for q in fake.paths("GET") if "/resolve/" in q] == ["config.json"]
     with pytest.raises(ValueError, match="no-such/model"):
         hub.fetch_config("no-such/model")
+
+
+def test_stoppable_downloads_turns_xet_off_unless_the_environment_chose(monkeypatch):
+    """Xet storage's transfer engine cannot be stopped between chunks; a program with a Cancel
+    button asks for plain HTTP, unless HF_HUB_DISABLE_XET was set by the person running it."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+    monkeypatch.delenv("HF_HUB_DISABLE_XET", raising=False)
+    assert hub.stoppable_downloads() is True and constants.HF_HUB_DISABLE_XET is True
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "0")  # chosen: left alone
+    assert hub.stoppable_downloads() is False and constants.HF_HUB_DISABLE_XET is False
+
+
+def test_a_file_kept_in_xet_storage_downloads_and_cancels_over_http(repo, tmp_path, monkeypatch):
+    """The hub keeps most weights in Xet storage; with stoppable_downloads() they come over plain
+    HTTP, where Cancel stops them half-way, and the next try completes."""
+    from huggingface_hub import constants
+
+    files, _, _ = repo
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+    monkeypatch.delenv("HF_HUB_DISABLE_XET", raising=False)
+    with serving(FakeHub({REPO: {"main": files}}, xet=True)) as server:
+        point_hub_at(monkeypatch, tmp_path, server.url)
+        assert hub.stoppable_downloads()
+        server.hold.clear()
+        cancel, out = threading.Event(), {}
+
+        def run():
+            try:
+                hub.download(REPO, cancel=cancel)
+            except BaseException as e:  # noqa: BLE001  (what the worker saw)
+                out["error"] = e
+
+        t = threading.Thread(target=run)
+        t.start()
+        assert server.holding.wait(20), server.log
+        cancel.set()
+        server.hold.set()
+        t.join(20)
+        assert isinstance(out.get("error"), hub.DownloadCancelled), out
+        assert hub.cached_snapshot(REPO) is None
+        assert hub.download(REPO) == hub.cached_snapshot(REPO)
+        assert not any("xet-read-token" in q for q in server.paths())  # Xet's engine was never asked
