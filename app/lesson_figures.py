@@ -151,8 +151,9 @@ def surprise_strip(pieces: Sequence[str], losses, alternatives: Sequence[Sequenc
         customdata=hover.reshape(rows, per_row).tolist(), texttemplate="%{text}",
         textfont=dict(size=12), colorscale=colorscale("score"), zmin=0.0, zmax=max(top, 1e-6),
         xgap=2, ygap=2, hovertemplate="%{customdata}<extra></extra>", hoverongaps=False,
-        colorbar=dict(title=dict(text="loss<br>(nats)"), thickness=12)))
-    _layout(fig, title, height=70 + 30 * rows)
+        # title beside the bar and a few ticks: a strip of one or two rows leaves the bar ~60 px
+        colorbar=dict(title=dict(text="loss (nats)", side="right"), thickness=12, nticks=4)))
+    _layout(fig, title, height=max(140, 70 + 30 * rows))
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
     return fig
