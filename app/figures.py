@@ -523,8 +523,12 @@ def candidates_bar(candidate_pieces: Sequence[str], before, after, drawn: int | 
     for name, colour in swatches:
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, hoverinfo="skip",
                                  marker=dict(symbol="square", size=11, color=colour)))
-    _layout(fig, title, height=max(220, 26 * len(labels) + 90), barmode="group",
-            legend=dict(orientation="h", y=-0.15), clickmode="event+select", dragmode=False)
+    _layout(fig, title, height=max(220, 26 * len(labels) + 90) + 70, barmode="group",
+            # at the figure's foot, one entry per line, under the axis title (placed in the plot's
+            # coordinates it ran into that title at some widths)
+            legend=dict(orientation="v", yref="container", y=0.0, yanchor="bottom", x=0.0, xanchor="left"),
+            clickmode="event+select", dragmode=False)
+    fig.update_layout(margin=dict(b=80))
     fig.update_yaxes(type="category", autorange="reversed", automargin=True)
     top = float(max(b.max(initial=0.0), a.max(initial=0.0)))
     fig.update_xaxes(title_text="probability", range=[0, min(1.0, max(0.05, top * 1.15))])

@@ -117,7 +117,8 @@ st.html("<style>.lm-out{font-family:ui-monospace,Menlo,monospace;font-size:14px;
         "line-height:1.9}.lm-out .lm-p{color:#6b7280}.lm-gen{background:#e6ebf7;border:1px solid #c7d2ee;"
         "border-radius:3px;padding:0 2px;margin:0 1px}</style>"
         f'<div class="lm-out"><span class="lm-p">{prompt_text}</span>{"".join(chips)}</div>')
-st.caption(f"{len(trace.steps)} generated tokens (boxed; branched ones in orange). Generated text: "
+st.caption(f"{len(trace.steps)} generated token{'s' if len(trace.steps) != 1 else ''} (boxed; branched ones in "
+           f"orange). Generated text: "
            f"`{lm.tokenizer.decode([s.token_id for s in trace.steps])[:200]!r}`")
 if do_next or do_generate:
     ui.show_now()  # the new token on screen before the charts below are drawn
