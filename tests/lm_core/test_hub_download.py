@@ -74,8 +74,9 @@ def test_download_reports_progress_then_loads_with_the_hub_gone(fake, repo):
         torch.testing.assert_close(model(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
 
 
-def test_cancel_stops_the_download_and_leaves_no_model(fake):
-    fake.hold.clear()  # the weights stop half-way until released
+def cancel_half_way(server) -> BaseException | None:
+    """Download REPO in a thread, cancel it while the weights are half sent; what it raised."""
+    server.hold.clear()  # the weights stop half-way until released
     cancel = threading.Event()
     out: dict = {}
 
@@ -87,11 +88,15 @@ def test_cancel_stops_the_download_and_leaves_no_model(fake):
 
     t = threading.Thread(target=run)
     t.start()
-    assert fake.holding.wait(20), fake.log
+    assert server.holding.wait(20), server.log
     cancel.set()
-    fake.hold.set()
+    server.hold.set()
     t.join(20)
-    assert isinstance(out.get("error"), hub.DownloadCancelled)
+    return out.get("error")
+
+
+def test_cancel_stops_the_download_and_leaves_no_model(fake):
+    assert isinstance(cancel_half_way(fake), hub.DownloadCancelled)
     assert hub.cached_snapshot(REPO) is None
     # the next try completes (the finished config.json is not fetched again)
     gets = len([q for q in fake.paths("GET") if q.endswith("/config.json")])
@@ -152,22 +157,7 @@ def test_a_file_kept_in_xet_storage_downloads_and_cancels_over_http(repo, tmp_pa
     with serving(FakeHub({REPO: {"main": files}}, xet=True)) as server:
         point_hub_at(monkeypatch, tmp_path, server.url)
         assert hub.stoppable_downloads()
-        server.hold.clear()
-        cancel, out = threading.Event(), {}
-
-        def run():
-            try:
-                hub.download(REPO, cancel=cancel)
-            except BaseException as e:  # noqa: BLE001  (what the worker saw)
-                out["error"] = e
-
-        t = threading.Thread(target=run)
-        t.start()
-        assert server.holding.wait(20), server.log
-        cancel.set()
-        server.hold.set()
-        t.join(20)
-        assert isinstance(out.get("error"), hub.DownloadCancelled), out
+        assert isinstance(cancel_half_way(server), hub.DownloadCancelled)
         assert hub.cached_snapshot(REPO) is None
         assert hub.download(REPO) == hub.cached_snapshot(REPO)
         assert not any("xet-read-token" in q for q in server.paths())  # Xet's engine was never asked
