@@ -43,12 +43,13 @@ else:
 
 def totals(s, where) -> None:
     row = where.container(horizontal=True)  # each metric as wide as its text: none is cut
-    row.metric("Total surprise (nats)", f"{s.total_nats:,.1f}", width="content", help=f"= {s.total_bits:,.1f} bits, summed over the "
-                f"{len(s.losses)} predicted tokens (the first token has nothing before it).")
+    row.metric("Total surprise (nats)", f"{s.total_nats:,.1f}", width="content",
+               help=f"= {s.total_bits:,.1f} bits, summed over the {len(s.losses)} predicted tokens (the first "
+                    f"token has nothing before it).")
     row.metric("Loss (nats/token)", f"{s.mean_nats:.3f}", width="content",
-                help="The number on the training chart: the mean over the predicted tokens.")
+               help="The number on the training chart: the mean over the predicted tokens.")
     row.metric("Bits per character", f"{s.bits_per_char:.3f}", width="content",
-                help="Mean loss / ln 2 × tokens per character: comparable across tokenizers.")
+               help="Mean loss / ln 2 × tokens per character: comparable across tokenizers.")
 
 
 step_txt = f" at step {lm.step:,}" if lm.step is not None else ""

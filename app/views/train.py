@@ -600,14 +600,14 @@ def controls(mc, train_over, ft, box_note=None) -> None:
     mine = job is None or job.may_control(ui.browser_id())
     c = st.container(horizontal=True, vertical_alignment="center")  # buttons as wide as their labels
     start = c.button("Start training", type="primary", icon=":material/play_arrow:", key="train_btn_start",
-                        disabled=active or mc is None)
+                     disabled=active or mc is None)
     pause = c.button("Pause", icon=":material/pause:", key="train_btn_pause", disabled=status != "running" or not mine)
     resume = c.button("Resume", icon=":material/resume:", key="train_btn_resume", disabled=status != "paused" or not mine)
     stop = c.button("Stop", icon=":material/stop:", key="train_btn_stop",
-                       disabled=not active or status == "stopping" or not mine)
+                    disabled=not active or status == "stopping" or not mine)
     if active:
         c.caption(f"Run **{job.run_id}** is {status}. " + ("Stop it to start another." if mine else
-                                                            "It was started from another browser."))
+                                                         "It was started from another browser."))
     start_induction = st.session_state.pop(state.TRAIN_START_INDUCTION, False) and not active
     demo = st.session_state.pop(state.TRAIN_START_DEMO, None) if not active else None
     if (start or start_induction or demo) and mc is not None and _start(

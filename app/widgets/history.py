@@ -129,16 +129,16 @@ def history_metrics(hist: pd.DataFrame) -> None:
 
     val = hist["val_loss"].dropna() if "val_loss" in hist else []
     bpc = hist["val_bpc"].dropna() if "val_bpc" in hist else []
-    k = [st.container(horizontal=True)] * 5  # a row that wraps before it cuts a label
+    row = st.container(horizontal=True)  # a row that wraps before it cuts a label
     tl, gn = num(last.get("train_loss")), num(last.get("grad_norm"))
     tps = wall_tokens_per_s(hist)
-    k[0].metric("Train loss", f"{tl:.3f}" if tl is not None else "–")
-    k[1].metric("Val loss", f"{val.iloc[-1]:.3f}" if len(val) else "–")
-    k[2].metric("Bits per character (val)", f"{bpc.iloc[-1]:.3f}" if len(bpc) else "–")
-    k[3].metric("Tokens / s", f"{tps:,.0f}" if tps is not None else "–",
-                help="Tokens per wall-clock second over the last logged rows: evaluations and checkpoints "
-                     "included, pauses left out.")
-    k[4].metric("Gradient norm", f"{gn:.3f}" if gn is not None else "–")
+    row.metric("Train loss", f"{tl:.3f}" if tl is not None else "–")
+    row.metric("Val loss", f"{val.iloc[-1]:.3f}" if len(val) else "–")
+    row.metric("Bits per character (val)", f"{bpc.iloc[-1]:.3f}" if len(bpc) else "–")
+    row.metric("Tokens / s", f"{tps:,.0f}" if tps is not None else "–",
+               help="Tokens per wall-clock second over the last logged rows: evaluations and checkpoints "
+                    "included, pauses left out.")
+    row.metric("Gradient norm", f"{gn:.3f}" if gn is not None else "–")
 
 
 def history_view(hist, samples: list, name: str, key_prefix: str = "train", head_scores=None,
