@@ -141,17 +141,15 @@ def optimizer_params(model: GPT) -> tuple[list[torch.nn.Parameter], list[torch.n
     return [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
 
 
-def make_optimizer(model: GPT, tc: TrainConfig, device: torch.device
-                   ) -> tuple[torch.optim.AdamW, list[torch.nn.Parameter]]:
-    """AdamW with weight decay on matrices and embeddings only; returns it and its flat parameter
-    order (the order of its saved state)."""
+def make_optimizer(model: GPT, tc: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings only (its saved state follows
+    :func:`optimizer_params`' order)."""
     decay, no_decay = optimizer_params(model)
     # fused AdamW (CPU and CUDA) is one kernel over all tensors: ~4x faster than the loop
     extra = {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), **extra)
-    return opt, decay + no_decay
+    return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), **extra)
 
 
 def lr_at(tc: TrainConfig, step: int, elapsed_s: float = 0.0) -> float:
@@ -201,7 +199,7 @@ class Stepper:
     @property
     def optimizer(self) -> torch.optim.AdamW:
         if self._optimizer is None:
-            self._optimizer, _ = make_optimizer(self.model, self.tc, self.device)
+            self._optimizer = make_optimizer(self.model, self.tc, self.device)
         return self._optimizer
 
     def optimizer_state(self) -> dict[int, dict[str, Any]]:
