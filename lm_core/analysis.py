@@ -351,7 +351,7 @@ def logit_lens(model: GPT, idx, top_k: int = 5) -> LogitLens:
         for name in names:
             # one boundary at a time: [T, V] per row keeps memory at T x V (GPT-2: 50 257 columns)
             resid = cache[name].to(model.device)  # (1, T, D)
-            probs = F.softmax(model.lm_head(model.ln_final(resid))[0].float(), dim=-1).cpu()  # (T, V)
+            probs = F.softmax(model.unembed(model.ln_final(resid))[0].float(), dim=-1).cpu()  # (T, V)
             tp, ti = probs.topk(k, dim=-1)  # (T, k)
             top_ids.append(ti)
             top_probs.append(tp)
@@ -385,7 +385,7 @@ def logit_lens_at(model: GPT, idx, position: int) -> torch.Tensor:
         _, cache = model.run_with_cache(idx, names=names)
         for name in names:
             resid = cache[name][:, position].to(model.device)  # (1, D)
-            rows.append(F.softmax(model.lm_head(model.ln_final(resid))[0].float(), dim=-1).cpu())  # (V,)
+            rows.append(F.softmax(model.unembed(model.ln_final(resid))[0].float(), dim=-1).cpu())  # (V,)
     return torch.stack(rows)
 
 

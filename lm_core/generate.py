@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .hooks import ActivationCache
 from .model import GPT, KVCache
+from .runtime import transposed_copy
 
 Capture = Union[bool, Iterable[str], Callable[[str], bool]]
 UNEMBED_COPY_MIN_TOKENS = 8  # below this many new tokens the copy costs more than it saves
@@ -163,7 +164,7 @@ def generate(
     kv: KVCache | None = None
     # a long generation on the CPU reads the unembedding once per token: keep it in the layout
     # that reads fastest for the whole call (a copy of V x D floats, made once, dropped at the end)
-    unembed_t = (model.lm_head.weight.detach().t().contiguous()
+    unembed_t = (transposed_copy(model.lm_head.weight.detach())
                  if use_kv_cache and max_new_tokens >= UNEMBED_COPY_MIN_TOKENS and model.device.type == "cpu" else None)
     try:
         for i in range(max_new_tokens):

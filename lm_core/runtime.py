@@ -113,3 +113,45 @@ def warm_imports() -> bool:
     _warming = threading.Thread(target=work, name="lm-lens-warm-imports", daemon=True)
     _warming.start()
     return True
+
+
+_HUGE = 2 * 2**20  # a transparent huge page on x86-64 and arm64 Linux
+_MADV_HUGEPAGE = 14
+_libc = None
+
+
+def _madvise_huge(t) -> bool:
+    """Ask Linux to back ``t``'s (not yet touched) memory with huge pages; False where it cannot."""
+    global _libc
+    if platform.system() != "Linux":
+        return False
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        p, n = t.data_ptr(), t.numel() * t.element_size()
+        start = (p + _HUGE - 1) // _HUGE * _HUGE
+        length = (p + n - start) // _HUGE * _HUGE
+        return length > 0 and _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), _MADV_HUGEPAGE) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def transposed_copy(w):
+    """``w.t().contiguous()`` of a large 2-D CPU matrix, 3-4x faster.
+
+    ``generate`` keeps the unembedding transposed for a long generation (a one-row product reads
+    it ~1.8x faster that way); the plain copy of GPT-2's 154 MB matrix took ~180 ms on 2 cores,
+    mostly faulting in 38k fresh 4 KiB pages and transposing across the whole matrix. Here the
+    new memory is advised to use transparent huge pages (Linux, where THP is ``madvise`` or
+    ``always``) and the copy goes in slices of 256 rows that stay in cache: ~40 ms. Same values.
+    """
+    import torch
+
+    if w.dim() != 2 or w.device.type != "cpu" or w.numel() * w.element_size() < 8 * _HUGE:
+        return w.t().contiguous()
+    rows, cols = w.shape
+    out = torch.empty(cols, rows, dtype=w.dtype)
+    _madvise_huge(out)
+    for i in range(0, rows, 256):
+        out[:, i:i + 256].copy_(w[i:i + 256].t())
+    return out

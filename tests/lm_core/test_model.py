@@ -225,6 +225,26 @@ def test_last_only_and_the_unembedding_copy_give_the_last_rows_logits(model, idx
     torch.testing.assert_close(step, full[:, 5:6], atol=1e-5, rtol=1e-5)
     assert cache["ln_final.hook_normalized"].shape[1] == 1 and kv.length == 6
 
+def test_large_vocabulary_unembedding_in_slices_matches_lm_head():
+    # inference on the CPU takes the sliced product once the vocabulary spans several slices
+    from lm_core.model import UNEMBED_SLICE
+    from lm_core.runtime import transposed_copy
+
+    V = 4 * UNEMBED_SLICE + 37  # a last, partial slice
+    m = GPT(ModelConfig(vocab_size=V, block_size=16, n_layer=1, n_head=2, n_embd=24)).eval()
+    x = torch.randn(2, 9, 24)
+    with torch.no_grad():
+        sliced = m.unembed(x)
+        full = m(torch.randint(0, V, (2, 9)))
+    assert sliced.shape == (2, 9, V) and sliced.is_contiguous() and full.is_contiguous()
+    torch.testing.assert_close(sliced, F.linear(x, m.lm_head.weight), atol=1e-5, rtol=1e-5)
+    with torch.enable_grad():  # training: the plain lm_head, so gradients flow
+        assert m.unembed(x.requires_grad_()).grad_fn is not None
+    w = torch.randn(3 * UNEMBED_SLICE + 5, 700)  # large enough for the huge-page path
+    assert torch.equal(transposed_copy(w), w.t().contiguous())
+    assert torch.equal(transposed_copy(w[:3, :4]), w[:3, :4].t())
+
+
 def test_training_mode_dropout_and_gradients():
     cfg = ModelConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.5)
     m = GPT(cfg).train()
