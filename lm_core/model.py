@@ -134,6 +134,10 @@ class KVCache:
     """
 
     layers: list[tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=list)
+    # Per layer, the (k, v) storage the views in ``layers`` look into: ``[B, Hkv, capacity, Dh]``,
+    # grown by doubling, so a new position is written in place instead of copying the whole
+    # cache into a fresh tensor at every token (no O(T²) copying, no fresh memory per token).
+    _store: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list, repr=False)
     # Optional [D, V] contiguous copy of the unembedding for ``last_only`` steps. On a CPU the
     # one-row product x @ W reads W 1.5-1.8x faster in this layout than lm_head.weight's [V, D]
     # (bench/bench_families.py); ``generate`` makes one for a long generation and drops it after.
@@ -144,6 +148,34 @@ class KVCache:
         if not self.layers or self.layers[0] is None:
             return 0
         return self.layers[0][0].shape[2]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Add the new positions' ``k``, ``v`` ``[B, Hkv, T, Dh]`` to ``layer``; return every
+        position's keys and values (views ``[B, Hkv, Tk, Dh]``) and how many were cached before."""
+        prev = self.layers[layer] if layer < len(self.layers) else None
+        past = prev[0].shape[2] if prev is not None else 0
+        total = past + k.shape[2]
+        store = self._store[layer] if layer < len(self._store) else None
+        if store is None or store[0].shape[2] < total or store[0].shape[0] != k.shape[0]:
+            B, Hkv, _, Dh = k.shape
+            cap = max(2 * total, 64)
+            grown = (k.new_empty(B, Hkv, cap, Dh), v.new_empty(B, Hkv, cap, Dh))
+            if prev is not None:
+                grown[0][:, :, :past].copy_(prev[0])
+                grown[1][:, :, :past].copy_(prev[1])
+            store = grown
+            if layer < len(self._store):
+                self._store[layer] = store
+            else:
+                self._store.extend([None] * (layer - len(self._store)) + [store])
+        store[0][:, :, past:total].copy_(k)
+        store[1][:, :, past:total].copy_(v)
+        kv = (store[0][:, :, :total], store[1][:, :, :total])
+        if layer < len(self.layers):
+            self.layers[layer] = kv
+        else:
+            self.layers.extend([None] * (layer - len(self.layers)) + [kv])
+        return kv[0], kv[1], past
 
 
 def allowed_keys(T: int, Tk: int, past: int, window: int | None, device) -> torch.Tensor:
@@ -195,16 +227,8 @@ class CausalSelfAttention(nn.Module):
             k = self.hook_rot_k(apply_rotary(k, *rope))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|Hkv, T, Dh)
         past = 0
-        if kv_cache is not None:
-            prev = kv_cache.layers[layer] if layer < len(kv_cache.layers) else None
-            if prev is not None:
-                past = prev[0].shape[2]
-                k = torch.cat([prev[0], k], dim=2)  # (B, Hkv, Tk, Dh)
-                v = torch.cat([prev[1], v], dim=2)
-            if layer < len(kv_cache.layers):
-                kv_cache.layers[layer] = (k, v)
-            else:
-                kv_cache.layers.append((k, v))
+        if kv_cache is not None:  # every position's keys and values, the new ones written in place
+            k, v, past = kv_cache.append(layer, k, v)  # (B, Hkv, Tk, Dh)
         Tk, G = k.shape[2], H // Hkv  # G query heads share each key/value head
         drop = self.dropout if self.training else 0.0
         windowed = self.window is not None and self.window < Tk

@@ -204,6 +204,16 @@ def test_kv_cache_forward_matches_full_forward(model, idx):
         steps = [first] + [model(idx[:, t : t + 1], kv_cache=kv) for t in range(4, T)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
     assert kv.length == T
+    # new positions are written into storage that grows by doubling, not copied at every token
+    kv = lm_core.KVCache()
+    with torch.no_grad():
+        model(idx[:, :1], kv_cache=kv)
+        where = kv.layers[0][0].data_ptr()
+        cached_k = kv.layers[0][0].clone()
+        for t in range(1, T):
+            model(idx[:, t : t + 1], kv_cache=kv)
+    assert kv.layers[0][0].data_ptr() == where and kv.layers[0][0].shape[2] == T
+    torch.testing.assert_close(kv.layers[0][0][:, :, :1], cached_k)
     # explicit path (pattern observed) agrees too, and its pattern row covers all cached keys
     kv = lm_core.KVCache()
     model(idx[:, :6], kv_cache=kv)
