@@ -239,7 +239,7 @@ def bigram_beside() -> None:
 
 
 bigram_box = st.expander("What does looking further back buy? The bigram Markov chain beside the transformer",
-                         expanded=True, key=state.GEN_BIGRAM_OPEN, on_change="rerun")
+                         expanded=False, key=state.GEN_BIGRAM_OPEN, on_change="rerun")
 if bigram_box.open:  # closed, it costs nothing
     with bigram_box:
         bigram_beside()

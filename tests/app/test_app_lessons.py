@@ -88,6 +88,8 @@ def test_generate_bigram_chart_equals_next_token_probs(env, default_model_dir):
     at = app()
     at.switch_page("views/generate.py").run()
     at.button(key="gen_btn_next").click().run()
+    assert "gen_bigram" not in charts(at)  # closed by default: one chart fewer to draw at every token
+    at.session_state["gen_bigram_open"] = True  # the person opens the panel
     at.button(key="gen_btn_next").click().run()
     no_problem(at)
     trace = at.session_state["gen_trace"]
