@@ -944,3 +944,163 @@ def attention_difference(a, b, labels: Sequence[str], title: str, names: tuple[s
                                  " %{z:+.3f}<extra></extra>")
     fig.data[0].colorbar = dict(title=dict(text="B − A"), thickness=12)
     return fig
+
+
+# ----------------------------------------------------------------------------- margins
+# Plotly's ``automargin`` draws a figure, measures its tick labels, colour bars and legend, and if
+# they do not fit the margins it widens them and draws the whole figure again. Every chart a rerun
+# sends is drawn that way (twice more in Streamlit, which mounts a new chart and then sizes it), so
+# most draws happened twice: the browser's largest cost when six people press at once on one small
+# server. :func:`fit_margins` estimates, from the figure alone, the room its labels take and starts
+# the margins there (a few pixels generous), so the first draw fits. Automargin stays on: where an
+# estimate falls short (another font), Plotly still widens the margin as before, nothing is cut.
+
+_CHAR_W = 0.56    # a digit's advance in the app's sans-serif (Arial metrics), in font sizes
+_LINE_H = 1.25    # a line of text, in font sizes
+# Advances of the characters that differ most from a digit's (Arial / Liberation Sans / Helvetica,
+# which the font list falls back to; Inter is a little wider, where the 4 % margin below goes).
+_NARROW = dict.fromkeys("fijlrtI.,:;!|'`·()[]-", 0.3) | dict.fromkeys(" ", 0.28)
+_WIDE = dict.fromkeys("mwMW%@", 0.86) | dict.fromkeys("ABCDEFGHJKLNOPQRSTUVXYZ&", 0.68)
+
+
+def _char_w(c: str) -> float:
+    if c in _NARROW:
+        return _NARROW[c]
+    if c in _WIDE:
+        return _WIDE[c]
+    if ord(c) < 0x100:
+        return _CHAR_W
+    if 0x2000 <= ord(c) < 0x2070:  # general punctuation: quotes, dashes, ellipsis
+        return 0.6
+    return 1.0  # symbols such as ␣ and ↵, from wider fallback fonts
+
+
+def _text_w(text: str, size: float) -> float:
+    import re
+
+    plain = re.sub(r"<[^>]+>", "", str(text))
+    return 1.04 * size * sum(_char_w(c) for c in plain)
+
+
+def _get(d: dict | None, *path, default=None):
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return default
+        d = d[key]
+    return default if d is None else d
+
+
+def _axis_labels(fig: go.Figure, name: str, axis: dict) -> list[str]:
+    """The tick labels axis ``name`` (a layout dict) will show; a short number when Plotly picks them."""
+    if axis.get("showticklabels") is False:
+        return []
+    if axis.get("ticktext") is not None:
+        return [str(t) for t in axis["ticktext"]]
+    if axis.get("tickvals") is not None:
+        return [str(v) for v in axis["tickvals"]]
+    ref = name.replace("axis", "")  # "xaxis2" -> "x2"
+    letter = ref[0]
+    labels: list[str] = []
+    numeric = False
+    for t in fig.data:
+        if (getattr(t, f"{letter}axis", None) or letter) != ref:
+            continue
+        vals = getattr(t, letter, None)
+        if vals is None:
+            continue
+        vals = [v for v in (list(vals) if not isinstance(vals, (str, bytes)) else [vals]) if v is not None]
+        if not vals:
+            continue
+        if axis.get("type") == "category" or isinstance(vals[0], str):
+            labels.extend(str(v) for v in vals)
+        else:
+            numeric = True
+    if numeric or not labels:
+        return ["−0.00"]  # a number: Plotly picks ~5 ticks of a few digits
+    return labels
+
+
+def _axis_push(fig: go.Figure, name: str, axis: dict, size: float, look: dict) -> float:
+    labels = _axis_labels(fig, name, axis)
+    title = _get(axis, "title", "text")
+    if not labels and not title:
+        return 0.0
+    tsize = _get(axis, "tickfont", "size", default=size)
+    w = max((_text_w(s, tsize) for s in labels), default=0.0)
+    h = _LINE_H * tsize if labels else 0.0
+    angle = axis.get("tickangle")
+    a = math.radians(angle if isinstance(angle, (int, float)) else 0.0)
+    if name.startswith("x"):
+        depth = abs(w * math.sin(a)) + abs(h * math.cos(a))
+    else:
+        depth = abs(w * math.cos(a)) + abs(h * math.sin(a))
+    if title:
+        tfont = _get(axis, "title", "font", "size", default=look.get("title_size", size))
+        depth += _get(axis, "title", "standoff", default=look.get("standoff_" + name[0], 15)) + _LINE_H * tfont
+    else:
+        depth += 6  # without a title Plotly leaves a little more room past the labels
+    return depth + 14
+
+
+def _colorbar_push(title: str | None, thickness: float, size: float, title_size: float, side: str | None) -> float:
+    """Room right of the plot for a vertical colour bar at x = 1: pads, the bar, its tick labels
+    (a few digits) and its title, above the bar (Plotly's default) or beside it."""
+    w = 2 * 10 + thickness + 4 * size * _CHAR_W + 6  # xpad both sides, the bar, "0.25" / "−0.5"
+    if title:
+        tw = _text_w(title, title_size)
+        w = max(w, 40 + tw) if (side or "top") == "top" else w + _LINE_H * title_size + 4
+    return w
+
+
+def fit_margins(fig: go.Figure, look: dict | None = None) -> go.Figure:
+    """Start ``fig``'s margins where Plotly's automargin would end (see the note above); in place.
+
+    Left and bottom: the outer axes' tick labels and titles; right: a vertical colour bar (placed
+    at x = 1, 10 px from the plot, so its room does not depend on the width). Only ever widens a
+    margin the figure set; where a legend sits anywhere but at the foot, the bottom and right
+    stay Plotly's to measure. ``look``: what the page's theme sets where the figure sets nothing
+    (``title_size``, ``standoff_x``, ``standoff_y``, ``colorbar_title_size``); plain plotly.js
+    when None."""
+    look = look or {}
+    lay = fig.layout.to_plotly_json()  # plain dicts: a figure's properties are slow to read one by one
+    lay.pop("template", None)
+    size = _get(lay, "font", "size", default=12)
+    m = {side: _get(lay, "margin", side, default=80) for side in "lrtb"}
+    need = {"l": 0.0, "r": 0.0, "b": 0.0}
+    for name, axis in lay.items():
+        if not name.startswith(("xaxis", "yaxis")) or axis.get("automargin") is False or axis.get("visible") is False:
+            continue
+        domain = axis.get("domain") or (0, 1)
+        if name.startswith("y") and axis.get("side") != "right" and domain[0] <= 0 \
+                and axis.get("anchor", "x") in ("x", "free"):
+            need["l"] = max(need["l"], _axis_push(fig, name, axis, size, look))
+        elif name.startswith("x") and axis.get("side") != "top" and domain[0] <= 0.01 \
+                and axis.get("anchor", "y") in ("y", "free"):
+            need["b"] = max(need["b"], _axis_push(fig, name, axis, size, look))
+            if axis.get("type") != "category" and domain[1] >= 0.99:
+                need["r"] = max(need["r"], 20.0)  # half the last number ("1.0") past the plot's edge
+    bars = []  # (the colour bar to place, its layout dict)
+    if _get(lay, "coloraxis", "showscale", default=True) and "coloraxis" in lay and any(
+            getattr(t, "coloraxis", None) for t in fig.data):
+        bars.append((fig.layout.coloraxis.colorbar, _get(lay, "coloraxis", "colorbar", default={})))
+    for t in fig.data:
+        if t.type == "heatmap" and not t.coloraxis and t.showscale is not False:
+            bars.append((t.colorbar, t.colorbar.to_plotly_json()))
+    for cb, d in bars:
+        if d.get("orientation") != "h" and d.get("x") is None:
+            cb.update(x=1.0, xanchor="left", xpad=10)
+            tsize = _get(d, "title", "font", "size", default=look.get("colorbar_title_size", size))
+            need["r"] = max(need["r"], _colorbar_push(_get(d, "title", "text"), d.get("thickness", 30), size,
+                                                      tsize, _get(d, "title", "side")))
+    entries = sum(1 for t in fig.data if t.showlegend is not False and t.name)
+    if lay.get("showlegend") is not False and (entries > 1 or lay.get("showlegend")):
+        leg = lay.get("legend", {})
+        if (leg.get("orientation") == "v" and leg.get("yref") == "container" and not leg.get("y")
+                and leg.get("yanchor") == "bottom"):
+            need["b"] += entries * 19 + 12  # one line per entry, at the foot
+        else:  # elsewhere: its room is Plotly's to measure
+            del need["b"], need["r"]
+    wider = {s: math.ceil(v) for s, v in need.items() if v > m[s]}
+    if wider:
+        fig.update_layout(margin=wider)
+    return fig

@@ -13,7 +13,7 @@ import streamlit as st
 
 from lm_core import metrics
 
-from .. import resources, state
+from .. import figures, resources, state
 from ..core import memory, vocab
 from ..core.text import Encoded, InputProblem, encode_text, inspect_limit
 from ..figures import visible
@@ -58,6 +58,12 @@ def figure_png(fig: go.Figure) -> bytes:
     return fig.to_image(format="png", scale=2)
 
 
+# What st.plotly_chart's "streamlit" theme sets where a figure sets nothing, as plotly.js draws it
+# (read from the drawn charts' _fullLayout in Chromium): figures.fit_margins needs it to start the
+# margins where the drawn labels end.
+STREAMLIT_PLOTLY_LOOK = {"title_size": 14, "standoff_x": 20, "standoff_y": 24, "colorbar_title_size": 14}
+
+
 def chart(fig: go.Figure, key: str, caption: str, name: str | None = None,
           on_select: str | Callable = "ignore", selection_mode: str | tuple = "points",
           downloads: bool = True):
@@ -70,6 +76,7 @@ def chart(fig: go.Figure, key: str, caption: str, name: str | None = None,
     kwargs = {}
     if on_select != "ignore":
         kwargs = {"on_select": on_select, "selection_mode": selection_mode}
+    figures.fit_margins(fig, STREAMLIT_PLOTLY_LOOK)  # the first draw fits: no second draw to widen them
     event = st.plotly_chart(fig, width="stretch", key=key, config=plot_config(name), **kwargs)
     st.caption(caption)
     if downloads:

@@ -409,3 +409,31 @@ def test_head_scores_on_a_log_step_axis_keep_step_zero_and_read_the_steps():
     assert F.head_scores_over_time(z, steps, [(0, 0), (0, 1)], "induction").layout.xaxis.type == "linear"
     many = F.log_step_axis(list(range(0, 40)))
     assert len(many["tickvals"]) <= 12 and many["ticktext"][0] == "0" and many["ticktext"][-1] == "39"
+
+
+def test_fit_margins_starts_where_the_labels_end_and_never_narrows():
+    short = F.attention_heatmap(_causal(4), F.token_labels(list("abcd")), title="t")
+    long = F.attention_heatmap(_causal(4), F.token_labels(["␣international", "b", "c", "d"]), title="t")
+    for f in (short, long):
+        F.fit_margins(f)
+    ms, ml = short.layout.margin, long.layout.margin
+    assert ml.l > ms.l > 10 and ms.b > 10 and ml.b >= ms.b  # longer labels, more room; never below the figure's
+    # the colour bar sits at the plot's edge, so its room does not depend on the chart's width
+    cb = long.data[0].colorbar
+    assert (cb.x, cb.xanchor, cb.xpad) == (1.0, "left", 10) and ml.r > 40
+    # a theme with larger axis titles needs more room; fitting again changes nothing
+    themed = F.attention_heatmap(_causal(4), F.token_labels(list("abcd")), title="t")
+    F.fit_margins(themed, {"title_size": 14, "standoff_x": 20, "standoff_y": 24, "colorbar_title_size": 14})
+    assert themed.layout.margin.l > ms.l and themed.layout.margin.b > ms.b
+    before = themed.layout.margin.to_plotly_json()
+    F.fit_margins(themed)
+    assert themed.layout.margin.to_plotly_json() == before
+    # a legend placed by Plotly elsewhere keeps the bottom margin the figure set
+    lines = F.prob_entropy_chart(["a", "b"], [0.5, 0.2], [1.0, 2.0])
+    b0 = lines.layout.margin.b
+    F.fit_margins(lines)
+    assert lines.layout.margin.b == b0 and lines.layout.margin.l > 10
+    # the candidates' legend at the figure's foot: one line per entry below the axis
+    cand = F.candidates_bar(["a", "b"], [0.6, 0.3], [0.7, 0.2], 0)
+    F.fit_margins(cand)
+    assert cand.layout.margin.b >= 80 + 19 * 2
