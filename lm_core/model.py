@@ -55,9 +55,13 @@ class Norm(nn.Module):
         if hooks is not None and hooks.hook_scale is not None and hooks.hook_scale.active:
             if self.kind == "layernorm":
                 x = x - x.mean(-1, keepdim=True)
-            scale = hooks.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())  # (B, T, 1)
-            y = x / scale * self.weight
-            y = y + self.bias if self.bias is not None else y
+            scale = (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()  # (B, T, 1)
+            seen = hooks.hook_scale(scale)
+            if seen is scale and self.kind == "rmsnorm":  # only looked at: the fused kernel, same numbers
+                y = F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+            else:  # edited (e.g. frozen for attribution): divide by the scale given
+                y = x / seen * self.weight
+                y = y + self.bias if self.bias is not None else y
         elif self.kind == "layernorm":
             y = F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
         else:
