@@ -83,6 +83,17 @@ def step_record(step: lm_core.GenerationStep, k: int = 10) -> StepRecord:
     )
 
 
+def first_candidates(probs, settings: dict, k: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Before any token is drawn: the ``k`` most likely tokens after the prompt (ids), the model's
+    probability of each (temperature 1) and the probability each would be sampled with under
+    ``settings`` (temperature, top-k, top-p), from the model's next-token ``probs`` [V]."""
+    p = torch.as_tensor(np.asarray(probs, dtype=np.float32))
+    after = lm_core.sampling_distribution(torch.log(p.clamp_min(1e-30)), settings["temperature"],
+                                          settings["top_k"], settings["top_p"])
+    top = torch.topk(p, min(k, p.numel())).indices
+    return top.numpy().astype(np.int64), p[top].numpy(), after[top].float().numpy()
+
+
 def _one_step(model: lm_core.GPT, ids: list[int], settings: dict, index: int) -> lm_core.GenerationStep:
     # Each step is drawn with seed + its index, so "Generate" N tokens and N presses of
     # "Next token" give the same text, and a branch continues reproducibly.

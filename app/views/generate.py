@@ -92,6 +92,23 @@ if problem:
 if trace is None or not trace.steps:
     st.info("Press **Generate** for a whole continuation or **Next token** to go one step at a time.",
             icon=":material/lightbulb:")
+    try:  # what the first step will choose from, with the settings above: change them and watch
+        first = encode_text(lm.tokenizer, prompt, cfg.block_size, keep="end", what="prompt")
+    except InputProblem:
+        st.stop()
+    try:
+        top_ids, before, after = generation.first_candidates(
+            resources.next_token_probs(lm.key, tuple(first.ids), _model=lm.model), settings)
+    except ValueError as e:  # settings lm_core refuses: say which
+        ui.show_problem(e, "Change the sampling settings and try again.")
+        st.stop()
+    last = figures.visible(pieces_of(first.ids[-1:])[0])
+    ui.chart(figures.candidates_bar(pieces_of([int(i) for i in top_ids]), before, after, None,
+                                    title=f"Before the first token: candidates after {last}"),
+             key="gen_preview", name="candidates-before-generating", downloads=False,
+             caption="What the first step will draw from. Grey: the model's probability (temperature 1); "
+                     "blue: what is sampled from after the temperature, top-k and top-p set above. Change "
+                     "them and watch the blue bars.")
     st.stop()
 
 if trace.prompt_note:

@@ -182,6 +182,28 @@ def test_generate_is_reproducible_and_equals_next_token_presses(env):
     assert [s.token_id for s in at.session_state["gen_trace"].steps] == all_at_once
 
 
+def test_generate_shows_the_first_steps_candidates_before_any_press(env):
+    from test_app_beyond import _z
+
+    import numpy as np
+
+    at = app()
+    at.switch_page("views/generate.py").run()
+    no_problem(at)
+    model_p = _z(charts(at)["gen_preview"], 0, "x")
+    assert len(model_p) == 10 and np.all(np.diff(model_p) <= 1e-7)  # most likely first
+    # temperature 0: the first step draws the most likely token for sure
+    at.slider(key="gen_temperature").set_value(0.0).run()
+    sampled = _z(charts(at)["gen_preview"], 1, "x")
+    assert sampled[0] == 1.0 and sampled[1:].sum() == 0.0
+    # the first Next token draws exactly that token; the preview gives way to the step's charts
+    at.button(key="gen_btn_next").click().run()
+    no_problem(at)
+    step = at.session_state["gen_trace"].steps[0]
+    assert int(step.top_ids[0]) == step.token_id and np.allclose(step.top_before, model_p, atol=1e-6)
+    assert "gen_preview" not in charts(at) and "gen_candidates" in charts(at)
+
+
 def test_branch_from_another_candidate(env):
     at = app()
     at.switch_page("views/generate.py").run()
