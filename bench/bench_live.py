@@ -411,7 +411,7 @@ async def sessions(args) -> None:
                 async def open_generate(pg):
                     await pg.goto(f"{url}/generate", wait_until="domcontentloaded")
                     await pg.get_by_role("button", name="Next token", exact=True).wait_for()
-                    await pg.wait_for_function(IDLE_JS, timeout=120_000, polling=200)  # drawn, as a person sees it
+                    await drawn_at(pg)  # the page drawn (its first chart included) before anyone presses
 
                 await asyncio.gather(*(open_generate(pg) for pg in pages))
                 await asyncio.sleep(1)
