@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -975,10 +976,11 @@ def _char_w(c: str) -> float:
     return 1.0  # symbols such as ␣ and ↵, from wider fallback fonts
 
 
-def _text_w(text: str, size: float) -> float:
-    import re
+_TAG = re.compile(r"<[^>]+>")  # <b>, <br> in titles and labels take no room
 
-    plain = re.sub(r"<[^>]+>", "", str(text))
+
+def _text_w(text: str, size: float) -> float:
+    plain = _TAG.sub("", str(text))
     return 1.04 * size * sum(_char_w(c) for c in plain)
 
 

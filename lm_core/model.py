@@ -56,10 +56,11 @@ class Norm(nn.Module):
             if self.kind == "layernorm":
                 x = x - x.mean(-1, keepdim=True)
             scale = (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()  # (B, T, 1)
+            version = scale._version
             seen = hooks.hook_scale(scale)
-            if seen is scale and self.kind == "rmsnorm":  # only looked at: the fused kernel, same numbers
-                y = F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-            else:  # edited (e.g. frozen for attribution): divide by the scale given
+            if seen is scale and scale._version == version and self.kind == "rmsnorm":
+                y = F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # only looked at: fused, same numbers
+            else:  # edited, in place or by a new tensor (e.g. frozen for attribution): divide by it
                 y = x / seen * self.weight
                 y = y + self.bias if self.bias is not None else y
         elif self.kind == "layernorm":
@@ -168,18 +169,18 @@ class KVCache:
                 grown[0][:, :, :past].copy_(prev[0])
                 grown[1][:, :, :past].copy_(prev[1])
             store = grown
-            if layer < len(self._store):
-                self._store[layer] = store
-            else:
-                self._store.extend([None] * (layer - len(self._store)) + [store])
+            _put(self._store, layer, store)
         store[0][:, :, past:total].copy_(k)
         store[1][:, :, past:total].copy_(v)
         kv = (store[0][:, :, :total], store[1][:, :, :total])
-        if layer < len(self.layers):
-            self.layers[layer] = kv
-        else:
-            self.layers.extend([None] * (layer - len(self.layers)) + [kv])
+        _put(self.layers, layer, kv)
         return kv[0], kv[1], past
+
+
+def _put(items: list, i: int, item) -> None:
+    """``items[i] = item``, growing ``items`` with None up to ``i`` first."""
+    items.extend([None] * (i + 1 - len(items)))
+    items[i] = item
 
 
 def allowed_keys(T: int, Tk: int, past: int, window: int | None, device) -> torch.Tensor:

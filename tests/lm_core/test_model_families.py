@@ -167,7 +167,14 @@ def test_editing_a_hook_changes_the_output(setup):
     if m.config.norm == "rmsnorm":  # freezing the scale of ln1 at 1 changes what attention reads
         with torch.no_grad():
             out = m.run_with_hooks(idx, fwd_hooks=[("blocks.0.ln1.hook_scale", lambda t, n: torch.ones_like(t))])
+            def freeze_in_place(t, n):
+                t.fill_(1.0)  # returns nothing: the edit is the tensor itself
+
+            in_place = m.run_with_hooks(idx, fwd_hooks=[("blocks.0.ln1.hook_scale", freeze_in_place)])
+            looked = m.run_with_hooks(idx, fwd_hooks=[("blocks.0.ln1.hook_scale", lambda t, n: None)])
         assert (out - full).abs().max() > 1e-3
+        torch.testing.assert_close(in_place, out)  # an edit in place counts as an edit
+        torch.testing.assert_close(looked, full, atol=1e-5, rtol=1e-5)  # looking changes nothing
     with torch.no_grad():
         out = m.run_with_hooks(idx, fwd_hooks=[(name, lambda t, n: 300 * t)])  # sharpen every pattern
         assert (out - full).abs().max() > 1e-3
