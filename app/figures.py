@@ -1041,13 +1041,13 @@ def _axis_push(fig: go.Figure, name: str, axis: dict, size: float, look: dict) -
         depth += _get(axis, "title", "standoff", default=look.get("standoff_" + name[0], 15)) + _LINE_H * tfont
     else:
         depth += 6  # without a title Plotly leaves a little more room past the labels
-    return depth + 14
+    return depth + 15
 
 
 def _colorbar_push(title: str | None, thickness: float, size: float, title_size: float, side: str | None) -> float:
     """Room right of the plot for a vertical colour bar at x = 1: pads, the bar, its tick labels
     (a few digits) and its title, above the bar (Plotly's default) or beside it."""
-    w = 2 * 10 + thickness + 4 * size * _CHAR_W + 6  # xpad both sides, the bar, "0.25" / "−0.5"
+    w = 2 * 10 + thickness + 4.6 * size * _CHAR_W + 6  # xpad both sides, the bar, "0.25" / "−0.25"
     if title:
         tw = _text_w(title, title_size)
         w = max(w, 40 + tw) if (side or "top") == "top" else w + _LINE_H * title_size + 4
