@@ -11,6 +11,17 @@ log = logging.getLogger(__name__)
 _done: str | None = None
 
 
+_libc_handle = None
+
+
+def _libc():
+    """glibc, loaded once (``OSError`` where there is no ``libc.so.6``: static or unusual builds)."""
+    global _libc_handle
+    if _libc_handle is None:
+        _libc_handle = ctypes.CDLL("libc.so.6", use_errno=True)
+    return _libc_handle
+
+
 def tune_allocator() -> str:
     """Keep freed heap memory instead of returning it to the OS after every forward.
 
@@ -31,7 +42,7 @@ def tune_allocator() -> str:
         _done = "not glibc: unchanged"
     else:
         try:
-            libc = ctypes.CDLL("libc.so.6")
+            libc = _libc()
             M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
             ok = libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20) and libc.mallopt(M_TRIM_THRESHOLD, 256 * 2**20)
             _done = "glibc mallopt(M_MMAP_THRESHOLD=32 MiB, M_TRIM_THRESHOLD=256 MiB)" if ok else "mallopt failed"
@@ -117,21 +128,17 @@ def warm_imports() -> bool:
 
 _HUGE = 2 * 2**20  # a transparent huge page on x86-64 and arm64 Linux
 _MADV_HUGEPAGE = 14
-_libc = None
 
 
 def _madvise_huge(t) -> bool:
     """Ask Linux to back ``t``'s (not yet touched) memory with huge pages; False where it cannot."""
-    global _libc
     if platform.system() != "Linux":
         return False
     try:
-        if _libc is None:
-            _libc = ctypes.CDLL("libc.so.6", use_errno=True)
         p, n = t.data_ptr(), t.numel() * t.element_size()
         start = (p + _HUGE - 1) // _HUGE * _HUGE
         length = (p + n - start) // _HUGE * _HUGE
-        return length > 0 and _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), _MADV_HUGEPAGE) == 0
+        return length > 0 and _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), _MADV_HUGEPAGE) == 0
     except (OSError, AttributeError):
         return False
 
