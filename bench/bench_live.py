@@ -30,6 +30,15 @@ this one run, on this machine.
   exceptions shown on any page, whether any session's heatmap showed another session's text, and
   the server's memory (RSS, MB) after each round (bounded: it must not grow round over round), and
   the CPU seconds per press spent in the server and in the Chromium processes (all on this machine).
+  Six Chromium renderers on the server's own two cores spend ~1 CPU-s each per press, so this part
+  measures mostly the browsers: in a workshop each person's browser runs on their own computer.
+* ``workshop``: that situation. N people act at the same moment on one server, as in ``sessions``,
+  but only one of them in Chromium (measured as above, over ``--workshop-rounds`` rounds); the other
+  N-1 are real server sessions driven over the app's own websocket protocol (``st_session.py``: the
+  messages a browser tab sends, with nothing drawn), so the server's cores carry the server's work
+  for N people and one browser's drawing. ``others_p50`` / ``others_p95``: those sessions' round
+  trips, from sending the change to the server's end of that rerun. Their heatmaps are checked for
+  other sessions' text and their generations for the right number of tokens.
 """
 
 from __future__ import annotations
@@ -337,6 +346,52 @@ def _text_of(labels) -> str:
     return "".join(str(l).split("·", 1)[1] for l in labels).replace("␣", " ").replace("↵", "\n")
 
 
+async def browser_inspect(pg, text: str, marker: str) -> tuple[float, float, float, str]:
+    """Attention, in a Chromium tab: type ``text`` and submit it. Returns seconds from the key press
+    to the heatmap showing text that starts with ``marker``, to the page fully drawn, the first
+    from before Playwright acts, and the text the heatmap showed."""
+    box = pg.get_by_role("textbox", name="Text to inspect", exact=True)
+    await box.fill(text)
+    await pg.evaluate(INPUT_CLOCK)
+    t0 = time.perf_counter()
+    await box.press("Control+Enter")
+    shown_at = await (await pg.wait_for_function(
+        "(m) => { const p = document.querySelector('.js-plotly-plot'); if (!p || !p.data) return false;"
+        " return p.data[0].y.map(l => String(l).split('·').slice(1).join('·')).join('')"
+        ".replaceAll('␣', ' ').startsWith(m) ? performance.now() : false; }",
+        arg=marker, polling=50)).json_value()
+    driver_s = time.perf_counter() - t0
+    pressed = await pg.evaluate("() => window.__lmInput")
+    drawn_s = (await drawn_at(pg) - pressed) / 1000
+    return (shown_at - pressed) / 1000, drawn_s, driver_s, _text_of(await pg.evaluate(_HEATMAP_LABELS))
+
+
+def _mixed(text: str, shown: str, i: int, r: int, n: int) -> int:
+    """1 when session ``i``'s heatmap showed something other than its own text of round ``r``."""
+    bad = not text.startswith(shown.rstrip()) and not shown.startswith(text[: len(shown)])
+    return int(bad or any(f"s{j}r{r}" in shown for j in range(n) if j != i))
+
+
+async def open_generate(pg, url: str) -> None:
+    await pg.goto(f"{url}/generate", wait_until="domcontentloaded")
+    await pg.get_by_role("button", name="Next token", exact=True).wait_for()
+    await drawn_at(pg)  # the page drawn (its first chart included) before anyone presses
+
+
+async def browser_next_token(pg, k: int) -> tuple[float, float, float]:
+    """Generate, in a Chromium tab: press Next token (the ``k``-th token). Seconds from the mouse
+    press to the token on screen, to the page fully drawn, and the first from before Playwright acts."""
+    await pg.evaluate(INPUT_CLOCK)
+    t0 = time.perf_counter()
+    await pg.get_by_role("button", name="Next token", exact=True).click()
+    shown_at = await (await pg.wait_for_function(
+        f"() => document.querySelectorAll('.lm-gen').length >= {k} ? performance.now() : false",
+        polling=50)).json_value()
+    driver_s = time.perf_counter() - t0
+    pressed = await pg.evaluate("() => window.__lmInput")
+    return (shown_at - pressed) / 1000, (await drawn_at(pg) - pressed) / 1000, driver_s
+
+
 async def sessions(args) -> None:
     from playwright.async_api import async_playwright
 
@@ -370,25 +425,11 @@ async def sessions(args) -> None:
                 async def inspect(i: int, pg, r: int) -> None:
                     nonlocal mixed
                     text = f"s{i}r{r} " + "ab" * (3 * i + r + 2)  # a different length per session
-                    box = pg.get_by_role("textbox", name="Text to inspect", exact=True)
-                    await box.fill(text)
-                    await pg.evaluate(INPUT_CLOCK)
-                    t0 = time.perf_counter()
-                    await box.press("Control+Enter")
-                    shown_at = await (await pg.wait_for_function(
-                        "(m) => { const p = document.querySelector('.js-plotly-plot'); if (!p || !p.data) return false;"
-                        " return p.data[0].y.map(l => String(l).split('·').slice(1).join('·')).join('')"
-                        ".replaceAll('␣', ' ').startsWith(m) ? performance.now() : false; }",
-                        arg=f"s{i}r{r} ", polling=50)).json_value()
-                    driver.append(time.perf_counter() - t0)
-                    pressed = await pg.evaluate("() => window.__lmInput")
-                    times.append((shown_at - pressed) / 1000)
-                    drawn.append((await drawn_at(pg) - pressed) / 1000)
-                    shown = _text_of(await pg.evaluate(_HEATMAP_LABELS))
-                    if not text.startswith(shown.rstrip()) and not shown.startswith(text[: len(shown)]):
-                        mixed += 1
-                    if any(f"s{j}r{r}" in shown for j in range(n) if j != i):
-                        mixed += 1
+                    shown_s, drawn_s, driver_s, shown = await browser_inspect(pg, text, f"s{i}r{r} ")
+                    times.append(shown_s)
+                    drawn.append(drawn_s)
+                    driver.append(driver_s)
+                    mixed += _mixed(text, shown, i, r, n)
 
                 cpu0 = cpu_seconds(port)
                 for r in range(rounds):
@@ -408,25 +449,14 @@ async def sessions(args) -> None:
                 gen_drawn: list[float] = []  # the same to the page fully drawn (every chart of the rerun)
                 driver = []
 
-                async def open_generate(pg):
-                    await pg.goto(f"{url}/generate", wait_until="domcontentloaded")
-                    await pg.get_by_role("button", name="Next token", exact=True).wait_for()
-                    await drawn_at(pg)  # the page drawn (its first chart included) before anyone presses
-
-                await asyncio.gather(*(open_generate(pg) for pg in pages))
+                await asyncio.gather(*(open_generate(pg, url) for pg in pages))
                 await asyncio.sleep(1)
 
                 async def next_token(pg, k: int) -> None:
-                    await pg.evaluate(INPUT_CLOCK)
-                    t0 = time.perf_counter()
-                    await pg.get_by_role("button", name="Next token", exact=True).click()
-                    shown_at = await (await pg.wait_for_function(
-                        f"() => document.querySelectorAll('.lm-gen').length >= {k} ? performance.now() : false",
-                        polling=50)).json_value()
-                    driver.append(time.perf_counter() - t0)
-                    pressed = await pg.evaluate("() => window.__lmInput")
-                    gen_times.append((shown_at - pressed) / 1000)
-                    gen_drawn.append((await drawn_at(pg) - pressed) / 1000)
+                    shown_s, drawn_s, driver_s = await browser_next_token(pg, k)
+                    gen_times.append(shown_s)
+                    gen_drawn.append(drawn_s)
+                    driver.append(driver_s)
 
                 cpu0 = cpu_seconds(port)
                 for r in range(rounds):
@@ -444,11 +474,106 @@ async def sessions(args) -> None:
                 await browser.close()
 
 
+def _workshop_cpu(before: dict[str, float], after: dict[str, float], n: int, rounds: int) -> dict[str, float]:
+    """The server's CPU per press (n people press each round) and the one browser's per its own press."""
+    server = per_press(before, after, n * rounds)["server_cpu_s_per_press"]
+    browser = per_press(before, after, rounds)["browser_cpu_s_per_press"]
+    return {"server_cpu_s_per_press": server, "browser_cpu_s_per_press": browser}
+
+
+async def workshop(args) -> None:
+    """One person in Chromium, the others' sessions over the app's websocket protocol, all acting at
+    the same moment: the server's load of N people, with only one browser's drawing on its cores."""
+    from playwright.async_api import async_playwright
+
+    from st_session import ProtocolSession
+
+    n, rounds = args.sessions, args.workshop_rounds
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"LM_LENS_RUNS_DIR": str(Path(tmp) / "runs"), "LM_LENS_CACHE": str(Path(tmp) / "cache")}
+        port = free_port()
+        with streamlit_server(env, port=port) as url:
+            async with async_playwright() as p:
+                browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+                pg = await (await browser.new_context(viewport={"width": 1300, "height": 900})).new_page()
+                pg.set_default_timeout(120_000)
+                others = [ProtocolSession(url) for _ in range(n - 1)]
+                await pg.goto(url, wait_until="domcontentloaded")
+                await pg.wait_for_selector(".js-plotly-plot .main-svg")
+                await asyncio.gather(*(s.open("") for s in others))
+                await drawn_at(pg)
+
+                seen = {"browser": [], "drawn": [], "others": []}
+                mixed = 0
+
+                async def other_inspect(j: int, s: ProtocolSession, r: int) -> None:
+                    nonlocal mixed
+                    text = f"s{j}r{r} " + "ab" * (3 * j + r + 2)
+                    seen["others"].append(await s.set_text("Text to inspect", text))
+                    heatmap = json.loads(s.charts[0])["data"][0]["y"] if s.charts else []
+                    mixed += _mixed(text, _text_of(heatmap), j, r, n)
+
+                async def me_inspect(r: int) -> None:
+                    nonlocal mixed
+                    text = f"s0r{r} " + "ab" * (r + 2)
+                    shown_s, drawn_s, _, shown = await browser_inspect(pg, text, f"s0r{r} ")
+                    seen["browser"].append(shown_s)
+                    seen["drawn"].append(drawn_s)
+                    mixed += _mixed(text, shown, 0, r, n)
+
+                cpu0 = cpu_seconds(port)
+                for r in range(rounds):
+                    await asyncio.gather(me_inspect(r), *(other_inspect(j + 1, s, r) for j, s in enumerate(others)))
+                cpu = _workshop_cpu(cpu0, cpu_seconds(port), n, rounds)
+                errors = await pg.locator('[data-testid="stException"]').count() + sum(len(s.exceptions) for s in others)
+                emit("workshop_text_to_redraw_s", round(statistics.median(seen["browser"]), 3), "s", sessions=n,
+                     browsers=1, rounds=rounds, p95=round(q(seen["browser"], 0.95), 3),
+                     max=round(max(seen["browser"]), 3), target="p95 <= 2.5 s",
+                     drawn_p50=round(statistics.median(seen["drawn"]), 3), drawn_p95=round(q(seen["drawn"], 0.95), 3),
+                     others_p50=round(statistics.median(seen["others"]), 3), others_p95=round(q(seen["others"], 0.95), 3),
+                     **cpu, exceptions=errors, other_sessions_data_seen=mixed)
+                emit("sessions_server_rss_mb", server_rss_mb(port), "MB", when="workshop, after Attention")
+
+                seen = {"browser": [], "drawn": [], "others": []}
+                wrong = 0
+                await asyncio.gather(open_generate(pg, url), *(s.open("generate") for s in others))
+                await asyncio.sleep(1)
+
+                async def other_next(s: ProtocolSession, k: int) -> None:
+                    nonlocal wrong
+                    seen["others"].append(await s.press("Next token"))
+                    chips = sum(t.count('class="lm-gen"') for t in s.texts)
+                    wrong += int(chips != k)
+
+                async def me_next(k: int) -> None:
+                    shown_s, drawn_s, _ = await browser_next_token(pg, k)
+                    seen["browser"].append(shown_s)
+                    seen["drawn"].append(drawn_s)
+
+                cpu0 = cpu_seconds(port)
+                for r in range(rounds):
+                    await asyncio.gather(me_next(r + 1), *(other_next(s, r + 1) for s in others))
+                cpu = _workshop_cpu(cpu0, cpu_seconds(port), n, rounds)
+                errors = await pg.locator('[data-testid="stException"]').count() + sum(len(s.exceptions) for s in others)
+                emit("workshop_next_token_s", round(statistics.median(seen["browser"]), 3), "s", sessions=n,
+                     browsers=1, rounds=rounds, p95=round(q(seen["browser"], 0.95), 3),
+                     max=round(max(seen["browser"]), 3), target="p95 <= 2.5 s",
+                     drawn_p50=round(statistics.median(seen["drawn"]), 3), drawn_p95=round(q(seen["drawn"], 0.95), 3),
+                     others_p50=round(statistics.median(seen["others"]), 3), others_p95=round(q(seen["others"], 0.95), 3),
+                     **cpu, exceptions=errors, wrong_token_counts=wrong)
+                emit("sessions_server_rss_mb", server_rss_mb(port), "MB", when="workshop, end")
+                for s in others:
+                    await s.close()
+                await browser.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="watch,buttons,sessions")
+    ap.add_argument("--only", default="watch,buttons,sessions,workshop")
     ap.add_argument("--sessions", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--workshop-rounds", type=int, default=20,
+                    help="rounds of the workshop part (one browser: more rounds for its p95)")
     ap.add_argument("--server-threads", type=int, default=0,
                     help="LM_LENS_SERVER_THREADS for the sessions part (0: the app's default)")
     args = ap.parse_args()
@@ -459,6 +584,8 @@ def main() -> int:
     emit("machine", os.cpu_count(), "cores")
     if "sessions" in parts:
         asyncio.run(sessions(args))
+    if "workshop" in parts:
+        asyncio.run(workshop(args))
     if "buttons" in parts:
         buttons(args)
     if "watch" in parts:
