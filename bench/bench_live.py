@@ -34,7 +34,7 @@ this one run, on this machine.
   measures mostly the browsers: in a workshop each person's browser runs on their own computer.
 * ``workshop``: that situation. N people act at the same moment on one server, as in ``sessions``,
   but only one of them in Chromium (measured as above, over ``--workshop-rounds`` rounds); the other
-  N-1 are real server sessions driven over the app's own websocket protocol (``st_session.py``: the
+  N-1 are real server sessions driven over the app's own websocket protocol (``tests/st_session.py``: the
   messages a browser tab sends, with nothing drawn), so the server's cores carry the server's work
   for N people and one browser's drawing. ``others_p50`` / ``others_p95``: those sessions' round
   trips, from sending the change to the server's end of that rerun. Their heatmaps are checked for
@@ -486,7 +486,7 @@ async def workshop(args) -> None:
     the same moment: the server's load of N people, with only one browser's drawing on its cores."""
     from playwright.async_api import async_playwright
 
-    from st_session import ProtocolSession
+    from tests.st_session import ProtocolSession
 
     n, rounds = args.sessions, args.workshop_rounds
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,12 +1,13 @@
 """A Streamlit session without a browser: the app's own websocket protocol, spoken from Python.
 
-``bench_live.py`` uses it for the people in a workshop whose browsers run on their own computers:
-each ``ProtocolSession`` is a real server session (its own ``st.session_state``, its own script
-runs, the same messages a browser tab sends), but draws nothing, so the server's two cores are
-not shared with five Chromium renderers that no real deployment would put on the server.
+Each ``ProtocolSession`` is a real server session (its own ``st.session_state``, its own script
+runs, the same messages a browser tab sends) that draws nothing. ``bench/bench_live.py`` uses it
+for the people in a workshop whose browsers run on their own computers, so the server's two cores
+are not shared with five Chromium renderers that no deployment would put on the server;
+``tests/app/test_server_sessions.py`` for sessions acting at once without a browser.
 
-Only what the benchmark needs: open a page, find a widget by its label, set a text or press a
-button, and wait until that rerun has finished on the server.
+Only what those need: open a page, find a widget by its label, set a text or press a button,
+and wait until that rerun has finished on the server.
 """
 
 from __future__ import annotations
