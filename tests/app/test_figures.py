@@ -437,3 +437,22 @@ def test_fit_margins_starts_where_the_labels_end_and_never_narrows():
     cand = F.candidates_bar(["a", "b"], [0.6, 0.3], [0.7, 0.2], 0)
     F.fit_margins(cand)
     assert cand.layout.margin.b >= 80 + 19 * 2
+
+
+def test_plotly_key_paths_are_parsed_once_and_still_mean_the_same():
+    import plotly.basedatatypes as bdt
+
+    assert hasattr(bdt._str_to_dict_path_full, "cache_info")  # app.figures memoized it on import
+    before = bdt._str_to_dict_path_full.cache_info().hits
+    for _ in range(2):  # the second figure finds every path parsed
+        fig = go.Figure(go.Bar(x=[1, 2], y=[3, 4], error_y_array=[0.5, 0.25], marker_line_width=2))
+        fig.update_layout(xaxis_title_text="step", yaxis_range=[0, 5], margin_l=7, legend_y=0.5)
+    assert bdt._str_to_dict_path_full.cache_info().hits > before
+    d = fig.to_dict()
+    assert list(d["data"][0]["error_y"]["array"]) == [0.5, 0.25]
+    assert d["data"][0]["marker"]["line"]["width"] == 2  # "error_y" is one property, not error -> y
+    assert d["layout"]["xaxis"]["title"]["text"] == "step"
+    assert list(d["layout"]["yaxis"]["range"]) == [0, 5] and d["layout"]["margin"]["l"] == 7
+    assert d["layout"]["legend"]["y"] == 0.5
+    with pytest.raises(ValueError):  # a wrong path is still refused, with Plotly's message
+        fig.update_layout(xaxis_titel_text="x")
