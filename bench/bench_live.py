@@ -199,7 +199,8 @@ def app_training(tabs: int, buttons: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp) / "runs"
         env = {"LM_LENS_RUNS_DIR": str(runs), "LM_LENS_CACHE": str(Path(tmp) / "cache")}
-        with streamlit_server(env, port=free_port()) as url, sync_playwright() as p:
+        port = free_port()
+        with streamlit_server(env, port=port) as url, sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             try:
                 ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -212,6 +213,7 @@ def app_training(tabs: int, buttons: bool) -> dict:
                 wait_status(page, "running", 120)
                 out["start_to_running_s"] = round(time.perf_counter() - t0, 3)
                 t_start = time.time()
+                cpu0 = cpu_seconds(port)
                 extra = []
                 for _ in range(tabs - 1):  # the same person's other tabs (same browser: same cookies)
                     other = ctx.new_page()
@@ -236,6 +238,10 @@ def app_training(tabs: int, buttons: bool) -> dict:
                     if "finished" in text:
                         break
                 wait_status(page, "finished", 900)
+                cpu1, wall = cpu_seconds(port), time.time() - t_start
+                # what watching cost while the run trained: CPU-s per wall-clock s of the server's
+                # Python and of Chromium (the run's own process is neither)
+                out["watch_cpu_share"] = {k: round((cpu1[k] - cpu0[k]) / wall, 3) for k in cpu0}
                 if eta is not None:
                     out["eta_shown_s"] = round(eta, 1)
                     out["eta_actual_s"] = round(time.time() - eta_at, 1)
@@ -304,7 +310,8 @@ def stop_latency() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         env = {"LM_LENS_RUNS_DIR": str(Path(tmp) / "runs"), "LM_LENS_CACHE": str(Path(tmp) / "cache")}
-        with streamlit_server(env, port=free_port()) as url, sync_playwright() as p:
+        port = free_port()
+        with streamlit_server(env, port=port) as url, sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
