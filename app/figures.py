@@ -153,6 +153,17 @@ def _template() -> dict:
 _TEMPLATE: dict | None = None
 
 
+def _layout_dict(title: str | None = None, height: int | None = None, **kw) -> dict:
+    """The layout every figure shares (title, font, margins, height) as a plain dict, for the
+    figures built in one go by :func:`_fast_figure`; :func:`_layout` applies the same to a figure."""
+    d = dict(font=dict(_FONT), margin=dict(l=10, r=10, t=40 if title else 10, b=10), **kw)
+    if title:
+        d["title"] = dict(text=title, x=0.0, xanchor="left", font=dict(size=14))
+    if height is not None:
+        d["height"] = height
+    return d
+
+
 def _layout(fig: go.Figure, title: str | None = None, height: int | None = None, **kw) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, x=0.0, xanchor="left", font=dict(size=14)) if title else None,
@@ -168,7 +179,9 @@ def _fast_figure(*traces: dict, **layout) -> go.Figure:
     """A figure from trace dicts (``type="heatmap"``, …) without Plotly's per-property validation:
     for the figures redrawn on every new text at real size (hundreds of heads), where validation
     cost more than the rest of the page's Python. Later ``update_*`` calls skip it too; the tests
-    check what these figures hold."""
+    check what these figures hold. The figures redrawn at every press (Attention, Generate) pass
+    their whole layout here (:func:`_layout_dict`): each ``update_*`` call afterwards walks
+    Plotly's object tree, which cost 5-13 ms a figure of a server's CPU at every press."""
     return go.Figure(data=list(traces), layout={"template": _template(), **layout}, _validate=False)
 
 
@@ -237,16 +250,14 @@ def attention_heatmap(pattern, labels: Sequence[str], title: str | None = None,
     queries = list(query_labels) if query_labels is not None else keys[tk - tq:]
     if len(queries) != tq:
         raise ValueError(f"{len(queries)} query labels for {tq} query positions")
-    fig = _fast_figure(dict(
+    return _fast_figure(dict(
         type="heatmap", z=z, x=keys, y=queries, colorscale=colorscale("weight"), zmin=0.0, zmax=1.0,
         colorbar=dict(title=dict(text="weight"), thickness=12),
         hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>",
-    ))
-    _layout(fig, title, height)
-    fig.update_xaxes(title_text="key (attended to)", type="category", automargin=True, **_category_ticks(tk))
-    fig.update_yaxes(title_text="query (attending)", type="category", autorange="reversed", automargin=True,
-                     tickfont=dict(size=8 if tq > 40 else 10))
-    return fig
+    ), **_layout_dict(title, height),
+        xaxis=dict(title=dict(text="key (attended to)"), type="category", automargin=True, **_category_ticks(tk)),
+        yaxis=dict(title=dict(text="query (attending)"), type="category", autorange="reversed", automargin=True,
+                   tickfont=dict(size=8 if tq > 40 else 10)))
 
 
 def attention_grid(patterns, labels: Sequence[str], layer: int, cols: int = 4,
@@ -271,7 +282,9 @@ def attention_grid(patterns, labels: Sequence[str], layer: int, cols: int = 4,
     keys = list(labels)
     tk = z.shape[2]
     queries = keys[tk - z.shape[1]:]
-    hgap, vgap = 0.03, (0.08 if rows > 1 else 0.0)
+    # ~55 px between rows (each row is ~230 px tall): room for the panel titles, and the gaps
+    # never add up past the figure (a fixed 0.08 did from 13 rows: 49+ heads)
+    hgap, vgap = 0.03, (min(0.08, 0.24 / rows) if rows > 1 else 0.0)
     width, height = (1 - hgap * (cols - 1)) / cols, (1 - vgap * (rows - 1)) / rows
     traces, layout, annotations = [], {}, []
     for h in range(n_head):
@@ -283,18 +296,19 @@ def attention_grid(patterns, labels: Sequence[str], layer: int, cols: int = 4,
             yaxis=f"y{suffix}",
             hovertemplate=f"L{layer} H{h}<br>query %{{y}}<br>key %{{x}}<br>weight %{{z:.3f}}<extra></extra>",
         ))
-        layout[f"xaxis{suffix}"] = dict(domain=[x0, x0 + width], anchor=f"y{suffix}", showticklabels=False,
-                                        type="category")
-        layout[f"yaxis{suffix}"] = dict(domain=[y1 - height, y1], anchor=f"x{suffix}", showticklabels=False,
+        # clamped: float rounding left the last row's foot at -5.6e-17, which Plotly refuses (6 heads)
+        layout[f"xaxis{suffix}"] = dict(domain=[max(0.0, x0), min(1.0, x0 + width)], anchor=f"y{suffix}",
+                                        showticklabels=False, type="category")
+        layout[f"yaxis{suffix}"] = dict(domain=[max(0.0, y1 - height), min(1.0, y1)], anchor=f"x{suffix}",
+                                        showticklabels=False,
                                         type="category", autorange="reversed")
         annotations.append(dict(text=titles[h], x=x0 + width / 2, y=y1, xref="paper", yref="paper",
                                 xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=16)))
-    fig = _fast_figure(*traces, **layout, annotations=annotations,
-                       coloraxis=dict(colorscale=colorscale("weight"), cmin=0.0, cmax=1.0,
-                                      colorbar=dict(title=dict(text="weight"), thickness=12)))
-    _layout(fig, f"Layer {layer}: every head", height=max(280, 230 * rows + 40))
-    fig.update_layout(margin=dict(t=70))
-    return fig
+    shared = _layout_dict(f"Layer {layer}: every head", height=max(280, 230 * rows + 40))
+    shared["margin"]["t"] = 70
+    return _fast_figure(*traces, **layout, **shared, annotations=annotations,
+                        coloraxis=dict(colorscale=colorscale("weight"), cmin=0.0, cmax=1.0,
+                                       colorbar=dict(title=dict(text="weight"), thickness=12)))
 
 
 def _cell_overlay(fig: go.Figure, n_layer: int, n_head: int, text: Sequence[str], hovertemplate: str) -> None:
@@ -309,6 +323,23 @@ def _cell_overlay(fig: go.Figure, n_layer: int, n_head: int, text: Sequence[str]
         customdata=[[int(l), int(h)] for l, h in zip(ls.ravel(), hs.ravel())],
         text=list(text), hovertemplate=hovertemplate, showlegend=False, name="heads",
     ))
+
+
+def _cell_overlay_trace(n_layer: int, n_head: int, text: Sequence[str], hovertemplate: str) -> dict:
+    """:func:`_cell_overlay`'s trace as a dict, for :func:`_fast_figure`."""
+    ls, hs = np.meshgrid(np.arange(n_layer), np.arange(n_head), indexing="ij")
+    return dict(type="scatter", x=hs.ravel(), y=ls.ravel(), mode="markers",
+                marker=dict(symbol="square", size=max(8, min(40, 420 // max(n_head, n_layer))), opacity=0.0),
+                customdata=[[int(l), int(h)] for l, h in zip(ls.ravel(), hs.ravel())],
+                text=list(text), hovertemplate=hovertemplate, showlegend=False, name="heads")
+
+
+def _layer_head_axes_dict(n_layer: int, n_head: int) -> dict:
+    """:func:`_layer_head_axes` as layout entries, for :func:`_fast_figure`."""
+    return dict(xaxis=dict(title=dict(text="head"), tickmode="array", tickvals=list(range(n_head)),
+                           range=[-0.5, n_head - 0.5]),
+                yaxis=dict(title=dict(text="layer"), tickmode="array", tickvals=list(range(n_layer)),
+                           range=[n_layer - 0.5, -0.5]))
 
 
 def _layer_head_axes(fig: go.Figure, n_layer: int, n_head: int) -> None:
@@ -335,26 +366,27 @@ def head_score_overview(scores, metric: str, selected: tuple[int, int] | None = 
     lo, hi = zrange if zrange is not None else (None, None)
     # numbers in the cells only while they stay legible; a real-size model (270 heads) has the hover
     written = n_layer * n_head <= MAX_WRITTEN_CELLS
-    fig = _fast_figure(dict(
-        type="heatmap", z=z, x=list(range(n_head)), y=list(range(n_layer)), colorscale=colorscale("score"),
-        zmin=lo, zmax=hi, texttemplate="%{z:.2f}" if written else None, textfont=dict(size=10),
-        colorbar=dict(title=dict(text=metric), thickness=12), hoverinfo="skip",
-    ))
-    _cell_overlay(fig, n_layer, n_head, [f"{v:.3f}" for v in z.ravel()],
-                  "layer %{y}, head %{x}<br>" + metric + " %{text}<br>click to open<extra></extra>")
+    heat = dict(type="heatmap", z=z, x=list(range(n_head)), y=list(range(n_layer)), colorscale=colorscale("score"),
+                textfont=dict(size=10), colorbar=dict(title=dict(text=metric), thickness=12), hoverinfo="skip")
+    heat.update({k: v for k, v in (("zmin", lo), ("zmax", hi), ("texttemplate", "%{z:.2f}" if written else None))
+                 if v is not None})
+    shapes, annotations = [], []
     for g, hs in enumerate(groups or ()):
-        fig.add_shape(type="rect", x0=min(hs) - 0.5, x1=max(hs) + 0.5, y0=-0.5, y1=n_layer - 0.5,
-                      line=dict(color=MUTED, width=2, dash="dash"))
-        fig.add_annotation(x=(min(hs) + max(hs)) / 2, y=-0.5, text=f"KV {g}", showarrow=False, yshift=10,
-                           font=dict(size=10, color=MUTED))
+        shapes.append(dict(type="rect", x0=min(hs) - 0.5, x1=max(hs) + 0.5, y0=-0.5, y1=n_layer - 0.5,
+                           line=dict(color=MUTED, width=2, dash="dash")))
+        annotations.append(dict(x=(min(hs) + max(hs)) / 2, y=-0.5, text=f"KV {g}", showarrow=False, yshift=10,
+                                font=dict(size=10, color=MUTED)))
     if selected is not None:
         l, h = selected
-        fig.add_shape(type="rect", x0=h - 0.5, x1=h + 0.5, y0=l - 0.5, y1=l + 0.5,
-                      line=dict(color=ACCENT, width=3))
-    _layout(fig, f"Head scores: {metric}", height=max(220, 44 * n_layer + 90),
-            clickmode="event+select", dragmode=False)
-    _layer_head_axes(fig, n_layer, n_head)
-    return fig
+        shapes.append(dict(type="rect", x0=h - 0.5, x1=h + 0.5, y0=l - 0.5, y1=l + 0.5,
+                           line=dict(color=ACCENT, width=3)))
+    extra = {k: v for k, v in (("shapes", shapes), ("annotations", annotations)) if v}
+    return _fast_figure(
+        heat, _cell_overlay_trace(n_layer, n_head, [f"{v:.3f}" for v in z.ravel()],
+                                  "layer %{y}, head %{x}<br>" + metric + " %{text}<br>click to open<extra></extra>"),
+        **_layout_dict(f"Head scores: {metric}", height=max(220, 44 * n_layer + 90),
+                       clickmode="event+select", dragmode=False),
+        **_layer_head_axes_dict(n_layer, n_head), **extra)
 
 
 def query_attention(rows, labels: Sequence[str], query_label: str, n_layer: int, n_head: int,
@@ -370,18 +402,16 @@ def query_attention(rows, labels: Sequence[str], query_label: str, n_layer: int,
     if len(keys) != z.shape[2]:
         raise ValueError(f"{len(keys)} key labels for {z.shape[2]} key positions")
     heads = [f"L{l} H{h}" for l in range(n_layer) for h in range(n_head)]
-    fig = _fast_figure(dict(
+    return _fast_figure(dict(
         type="heatmap", z=z.reshape(n_layer * n_head, -1), x=keys, y=heads, colorscale=colorscale("weight"),
         zmin=0.0, zmax=1.0, colorbar=dict(title=dict(text="weight"), thickness=12),
         hovertemplate="%{y}<br>query " + query_label.replace("%", "%%") + "<br>key %{x}<br>weight %{z:.3f}<extra></extra>",
-    ))
-    _layout(fig, title or f"Where {query_label} looks, in every head",
-            height=max(240, (18 if len(heads) <= MAX_HEAD_TICKS else 8) * len(heads) + 110))
-    fig.update_xaxes(title_text="key (attended to)", type="category", automargin=True,
-                     **_category_ticks(len(keys)))
-    fig.update_yaxes(title_text="layer · head", type="category", autorange="reversed", automargin=True,
-                     **_head_ticks(n_layer, n_head))
-    return fig
+    ), **_layout_dict(title or f"Where {query_label} looks, in every head",
+                      height=max(240, (18 if len(heads) <= MAX_HEAD_TICKS else 8) * len(heads) + 110)),
+        xaxis=dict(title=dict(text="key (attended to)"), type="category", automargin=True,
+                   **_category_ticks(len(keys))),
+        yaxis=dict(title=dict(text="layer · head"), type="category", autorange="reversed", automargin=True,
+                   **_head_ticks(n_layer, n_head)))
 
 
 def _head_ticks(n_layer: int, n_head: int) -> dict:
@@ -534,29 +564,29 @@ def candidates_bar(candidate_pieces: Sequence[str], before, after, drawn: int | 
         raise ValueError("candidate pieces, before and after must have the same length")
     colours = [ACCENT if i == drawn else PRIMARY for i in range(len(labels))]
     idx = list(range(len(labels)))  # plain ints: they come back in the selection event
-    fig = go.Figure()
-    fig.add_trace(go.Bar(y=labels, x=b, orientation="h", name="model (T = 1)",
-                         marker=dict(color=MUTED), customdata=idx,
-                         hovertemplate="%{y}<br>model p %{x:.3f}<extra></extra>"))
-    fig.add_trace(go.Bar(y=labels, x=a, orientation="h", name="sampled from (after T, top-k, top-p)",
-                         marker=dict(color=colours), customdata=idx, showlegend=False,
-                         hovertemplate="%{y}<br>sampled p %{x:.3f}<extra></extra>"))
+    traces = [
+        dict(type="bar", y=labels, x=b, orientation="h", name="model (T = 1)", marker=dict(color=MUTED),
+             customdata=idx, hovertemplate="%{y}<br>model p %{x:.3f}<extra></extra>"),
+        dict(type="bar", y=labels, x=a, orientation="h", name="sampled from (after T, top-k, top-p)",
+             marker=dict(color=colours), customdata=idx, showlegend=False,
+             hovertemplate="%{y}<br>sampled p %{x:.3f}<extra></extra>"),
+    ]
     # The legend is drawn from swatch-only traces: a per-bar colour list would give the legend
     # the first bar's colour, orange whenever the top candidate was drawn.
     swatches = [("sampled from (after T, top-k, top-p)", PRIMARY)] + ([("drawn token", ACCENT)] if drawn is not None else [])
     for name, colour in swatches:
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, hoverinfo="skip",
-                                 marker=dict(symbol="square", size=11, color=colour)))
-    _layout(fig, title, height=max(220, 26 * len(labels) + 90) + 70, barmode="group",
-            # at the figure's foot, one entry per line, under the axis title (placed in the plot's
-            # coordinates it ran into that title at some widths)
-            legend=dict(orientation="v", yref="container", y=0.0, yanchor="bottom", x=0.0, xanchor="left"),
-            clickmode="event+select", dragmode=False)
-    fig.update_layout(margin=dict(b=80))
-    fig.update_yaxes(type="category", autorange="reversed", automargin=True)
+        traces.append(dict(type="scatter", x=[None], y=[None], mode="markers", name=name, hoverinfo="skip",
+                           marker=dict(symbol="square", size=11, color=colour)))
+    layout = _layout_dict(title, height=max(220, 26 * len(labels) + 90) + 70, barmode="group",
+                          # at the figure's foot, one entry per line, under the axis title (placed in the
+                          # plot's coordinates it ran into that title at some widths)
+                          legend=dict(orientation="v", yref="container", y=0.0, yanchor="bottom", x=0.0,
+                                      xanchor="left"),
+                          clickmode="event+select", dragmode=False)
+    layout["margin"]["b"] = 80
     top = float(max(b.max(initial=0.0), a.max(initial=0.0)))
-    fig.update_xaxes(title_text="probability", range=[0, min(1.0, max(0.05, top * 1.15))])
-    return fig
+    return _fast_figure(*traces, **layout, yaxis=dict(type="category", autorange="reversed", automargin=True),
+                        xaxis=dict(title=dict(text="probability"), range=[0, min(1.0, max(0.05, top * 1.15))]))
 
 
 def growing_attention(rows: Sequence, starts: Sequence[int], position_labels: Sequence[str],
@@ -575,16 +605,15 @@ def growing_attention(rows: Sequence, starts: Sequence[int], position_labels: Se
         r = as_f32(r)
         end = min(width, s + len(r))
         z[i, s:end] = r[: end - s]
-    fig = go.Figure(go.Heatmap(
-        z=z, x=list(position_labels), y=list(step_labels), colorscale=colorscale("weight"),
+    return _fast_figure(dict(
+        type="heatmap", z=z, x=list(position_labels), y=list(step_labels), colorscale=colorscale("weight"),
         zmin=0.0, zmax=1.0, colorbar=dict(title=dict(text="weight"), thickness=12),
         hovertemplate="step %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>",
-    ))
-    _layout(fig, f"{head_name}: attention of each new token", height=max(220, 22 * len(rows) + 120))
-    fig.update_xaxes(title_text="context position (key)", type="category", automargin=True,
-                     **_category_ticks(width))
-    fig.update_yaxes(title_text="generated step (query)", type="category", autorange="reversed", automargin=True)
-    return fig
+    ), **_layout_dict(f"{head_name}: attention of each new token", height=max(220, 22 * len(rows) + 120)),
+        xaxis=dict(title=dict(text="context position (key)"), type="category", automargin=True,
+                   **_category_ticks(width)),
+        yaxis=dict(title=dict(text="generated step (query)"), type="category", autorange="reversed",
+                   automargin=True))
 
 
 def prob_entropy_chart(step_labels: Sequence[str], probs: Sequence[float], entropies: Sequence[float],

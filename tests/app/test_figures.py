@@ -456,3 +456,35 @@ def test_plotly_key_paths_are_parsed_once_and_still_mean_the_same():
     assert d["layout"]["legend"]["y"] == 0.5
     with pytest.raises(ValueError):  # a wrong path is still refused, with Plotly's message
         fig.update_layout(xaxis_titel_text="x")
+
+
+@pytest.mark.parametrize("n_head", [1, 4, 5, 6, 8, 12, 14, 16, 25, 32, 64])
+def test_attention_grid_lays_out_any_head_count_inside_the_figure(n_head):
+    # 8 heads (Pythia-70m), 14 (Qwen2.5-0.5B), 32 (TinyLlama): float rounding once put a row's
+    # foot at -5.6e-17, and fixed gaps added up past the figure from 13 rows
+    fig = F.attention_grid(np.random.default_rng(0).random((n_head, 5, 5)), list("abcde"), 0)
+    lay = fig.to_dict()["layout"]
+    axes = {k: v for k, v in lay.items() if k.startswith(("xaxis", "yaxis"))}
+    assert len(axes) == 2 * n_head
+    for ax in axes.values():
+        lo, hi = ax["domain"]
+        assert 0.0 <= lo < hi <= 1.0
+    rows = {tuple(ax["domain"]) for k, ax in axes.items() if k.startswith("yaxis")}
+    assert len(rows) == -(-n_head // 4)  # one band per row of four panels, none collapsed
+    assert len(lay["annotations"]) == n_head
+
+
+def test_per_press_figures_are_built_in_one_go():
+    # the figures redrawn at every press carry their whole layout from the start (no update_* walk)
+    rng = np.random.default_rng(1)
+    labels = F.token_labels(list("abcdef"))
+    heat = F.attention_heatmap(rng.random((6, 6)), labels, title="L0 H0")
+    assert heat.layout.xaxis.title.text == "key (attended to)" and heat.layout.yaxis.autorange == "reversed"
+    assert heat.layout.margin.t == 40 and heat.layout.title.text == "L0 H0" and heat.layout.height == 460
+    bars = F.candidates_bar(["a", "b", "c"], np.array([.5, .3, .2]), np.array([.6, .3, .1]), 2)
+    assert [t.type for t in bars.data] == ["bar", "bar", "scatter", "scatter"]
+    assert bars.layout.margin.b == 80 and bars.layout.xaxis.title.text == "probability"
+    assert list(bars.data[1].marker.color) == [F.PRIMARY, F.PRIMARY, F.ACCENT]
+    over = F.head_score_overview(rng.random((2, 4)), "induction", selected=(1, 2), groups=[[0, 1], [2, 3]])
+    assert len(over.layout.shapes) == 3 and [a.text for a in over.layout.annotations] == ["KV 0", "KV 1"]
+    assert list(over.data[1].customdata[5]) == [1, 1]  # [layer, head] of the sixth cell
